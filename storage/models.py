@@ -1,0 +1,300 @@
+"""The normalised store: every table the gateway keeps, as SQLAlchemy 2.x models.
+
+Every row that holds customer data belongs to a project (tenant). Media bytes
+live in the blob store; rows only carry their sha256.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from storage.types import BigId, UTCDateTime, utcnow
+
+# Explicit constraint names keep Alembic migrations identical on both databases.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+def _pk() -> Mapped[int]:
+    return mapped_column(BigId, primary_key=True, autoincrement=True)
+
+
+def _project_fk() -> Mapped[int]:
+    return mapped_column(BigId, ForeignKey("project.id"), index=True)
+
+
+class Project(Base):
+    __tablename__ = "project"
+    id: Mapped[int] = _pk()
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Contact(Base):
+    __tablename__ = "contact"
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    display_name: Mapped[str | None] = mapped_column(String(300))
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Set when this contact was merged into another; the row stays for unmerge.
+    merged_into_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("contact.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Identity(Base):
+    """One way to reach a contact: an email address, an E.164 number, a fax number, a chat id."""
+
+    __tablename__ = "identity"
+    __table_args__ = (UniqueConstraint("project_id", "kind", "value"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contact.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(320))
+    # Delivery trouble (bounces, undeliverable SMS) and opt-outs are facts about an identity.
+    failing: Mapped[bool] = mapped_column(Boolean, default=False)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ContactMerge(Base):
+    """Audit of a merge: what moved from the source contact to the target, so it can be undone."""
+
+    __tablename__ = "contact_merge"
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    source_contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contact.id"))
+    target_contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contact.id"))
+    identity_ids: Mapped[list[Any]] = mapped_column(default=list)
+    conversation_ids: Mapped[list[Any]] = mapped_column(default=list)
+    message_ids: Mapped[list[Any]] = mapped_column(default=list)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    undone_at: Mapped[datetime | None] = mapped_column()
+    undone_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class Conversation(Base):
+    """A channel-agnostic thread with one contact."""
+
+    __tablename__ = "conversation"
+    __table_args__ = (Index("ix_conversation_contact_status", "contact_id", "status"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contact.id"))
+    channel: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    queue: Mapped[str | None] = mapped_column(String(100))
+    sla_due_at: Mapped[datetime | None] = mapped_column()
+    snoozed_until: Mapped[datetime | None] = mapped_column()
+    assignee_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("agent.id"))
+    token: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ThreadRef(Base):
+    """A key (an email Message-ID, a chat session id) that names a conversation."""
+
+    __tablename__ = "thread_ref"
+    __table_args__ = (UniqueConstraint("project_id", "value"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    conversation_id: Mapped[int] = mapped_column(BigId, ForeignKey("conversation.id"), index=True)
+    message_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("message.id"))
+    value: Mapped[str] = mapped_column(String(500))
+
+
+class Message(Base):
+    __tablename__ = "message"
+    __table_args__ = (
+        UniqueConstraint("project_id", "channel", "dedupe_key"),
+        Index("ix_message_conversation_created", "conversation_id", "created_at"),
+    )
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    conversation_id: Mapped[int] = mapped_column(BigId, ForeignKey("conversation.id"))
+    contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contact.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # in | out | note
+    channel: Mapped[str] = mapped_column(String(32))
+    from_addr: Mapped[str] = mapped_column(String(320))
+    to_addrs: Mapped[list[Any]] = mapped_column(default=list)
+    subject: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)  # sanitised for display
+    provider_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    dedupe_key: Mapped[str] = mapped_column(String(500))
+    # received | queued | sending | sent | delivered | failed
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    author_agent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("agent.id"))
+    flags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Part(Base):
+    """A stored piece of a message: the raw original, attachments and derived conversions."""
+
+    __tablename__ = "part"
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    message_id: Mapped[int] = mapped_column(BigId, ForeignKey("message.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # raw | body | attachment | inline | derived ...
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    media_type: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(BigId)
+    filename: Mapped[str | None] = mapped_column(String(500))
+    content_id: Mapped[str | None] = mapped_column(String(500))
+    derived_from_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("part.id"))
+    converter: Mapped[str | None] = mapped_column(String(100))
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Agent(Base):
+    __tablename__ = "agent"
+    id: Mapped[int] = _pk()
+    login: Mapped[str] = mapped_column(String(200), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    state: Mapped[str] = mapped_column(String(16), default="offline")
+    state_reason: Mapped[str | None] = mapped_column(String(100))
+    state_since: Mapped[datetime] = mapped_column(default=utcnow)
+    capacity: Mapped[int] = mapped_column(Integer, default=100)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentProject(Base):
+    __tablename__ = "agent_project"
+    agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("project.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), default="agent")
+
+
+class Skill(Base):
+    __tablename__ = "skill"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    name: Mapped[str] = mapped_column(String(100))
+
+
+class AgentSkill(Base):
+    __tablename__ = "agent_skill"
+    agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"), primary_key=True)
+    skill_id: Mapped[int] = mapped_column(BigId, ForeignKey("skill.id"), primary_key=True)
+    proficiency: Mapped[int] = mapped_column(Integer, default=3)
+
+
+class AgentStateHistory(Base):
+    __tablename__ = "agent_state_history"
+    id: Mapped[int] = _pk()
+    agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(100))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()
+
+
+class QueueItem(Base):
+    """A unit of work waiting for an agent (or being worked) in the universal queue."""
+
+    __tablename__ = "queue_item"
+    __table_args__ = (
+        Index("ix_queue_item_ready", "status", "priority", "enqueued_at"),
+        Index("ix_queue_item_lease", "status", "lease_until"),
+    )
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    conversation_id: Mapped[int] = mapped_column(BigId, ForeignKey("conversation.id"), index=True)
+    message_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("message.id"))
+    queue: Mapped[str] = mapped_column(String(100))
+    channel: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    skills: Mapped[dict[str, Any]] = mapped_column(default=dict)  # skill name -> min proficiency
+    route: Mapped[str | None] = mapped_column(String(100))
+    # waiting | leased | done | dead
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sla_due_at: Mapped[datetime | None] = mapped_column()
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    agent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("agent.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Job(Base):
+    """Durable background work (outbound deliveries, retries) with lease and attempts."""
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_ready", "status", "run_after"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    kind: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # pending | leased | done | dead
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=8)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Event(Base):
+    """The event outbox: written in the same transaction as the change it reports."""
+
+    __tablename__ = "event"
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("project.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_token"
+    id: Mapped[int] = _pk()
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | supervisor | agent
+    agent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("agent.id"))
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()

@@ -1,0 +1,226 @@
+"""Typed configuration: defaults, a TOML file, environment overrides, and validation.
+
+Precedence, lowest first: built-in defaults (the embedded SQLite store in a
+local data folder), the TOML file, `UMSG_*` environment variables (nested keys
+joined by a double underscore: `UMSG_HTTP__PORT=9000`), command-line flags.
+Every problem is reported with its dotted key and a reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from umsg.errors import ConfigError
+
+ENV_PREFIX = "UMSG_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Strict):
+    # Empty means the embedded default: SQLite in WAL mode inside the data folder.
+    url: str = ""
+    # PostgreSQL only: confine the gateway's tables to this schema.
+    schema_name: str | None = Field(default=None, alias="schema")
+    pool_size: int = Field(default=10, ge=1, le=200)
+    auto_migrate: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not (v.startswith("sqlite") or v.startswith("postgres")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return v
+
+
+class HttpSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    public_url: str | None = None
+
+
+class IngestSettings(_Strict):
+    # Group commit: up to this many messages share one transaction.
+    batch_max: int = Field(default=64, ge=1, le=10_000)
+    # How long the writer waits for more messages before committing a batch.
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    # Region for phone numbers that arrive without a country code (ISO 3166 alpha-2).
+    default_region: str | None = Field(default=None, pattern="^[A-Z]{2}$")
+    # Bounded hand-off to the writer: callers wait (back-pressure) rather than pile up memory.
+    max_pending: int = Field(default=1024, ge=1)
+
+
+class QueueSettings(_Strict):
+    lease_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    sweep_seconds: float = Field(default=5.0, gt=0)
+
+
+class RouteSettings(_Strict):
+    """One channel route: all filters must match; the first matching route wins."""
+
+    name: str
+    channel: str | None = None
+    to: str | None = None  # exact address, or a prefix ending in '*'
+    sender: str | None = None  # exact address, or a prefix ending in '*'
+    queue: str = "default"
+    priority: int = 0
+    sla_minutes: float | None = Field(default=None, gt=0)
+    skills: dict[str, int] = Field(default_factory=dict)
+    action: str = Field(default="enqueue", pattern="^(enqueue|drop)$")
+
+
+class ChannelSettings(BaseModel):
+    """A configured channel instance: its adapter type plus the adapter's own settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+    enabled: bool = True
+
+
+class Settings(_Strict):
+    data_dir: Path = Path("./data")
+    instance_id: str | None = None
+    project: str = "default"
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    database: DatabaseSettings = DatabaseSettings()
+    http: HttpSettings = HttpSettings()
+    ingest: IngestSettings = IngestSettings()
+    queue: QueueSettings = QueueSettings()
+    converters: list[str] = Field(default_factory=lambda: ["html-to-text"])
+    routes: list[RouteSettings] = Field(default_factory=list)
+    channels: dict[str, ChannelSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _routes_unique(self) -> Settings:
+        names = [r.name for r in self.routes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"route names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data_dir / 'umsg.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with passwords in URLs and secret-looking keys masked."""
+        return _mask(self.model_dump(mode="json", by_alias=True))
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key) for v in value]
+    if isinstance(value, str):
+        if any(s in key.lower() for s in ("password", "secret", "token", "auth")) and value:
+            return "***"
+        if "://" in value and "@" in value.split("://", 1)[1]:
+            scheme, rest = value.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+    return value
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn `UMSG_A__B=v` variables into `{"a": {"b": "v"}}` (values parsed as TOML scalars)."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "UMSG_CONFIG":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = _parse_scalar(raw)
+    return out
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _problems(err: ValidationError, data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        reason = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent: Any = data
+            for p in e["loc"][:-1]:
+                parent = parent.get(p, {}) if isinstance(parent, Mapping) else {}
+            model: Any = Settings
+            for p in e["loc"][:-1]:
+                field = getattr(model, "model_fields", {}).get(p)
+                model = getattr(field, "annotation", None) if field else None
+            known = list(getattr(model, "model_fields", {}) or {})
+            guess = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            reason = "unknown key" + (f" (did you mean '{guess[0]}'?)" if guess else "")
+        problems.append((key, reason))
+    return problems
+
+
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from defaults, an optional TOML file, the environment and overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError([("", f"configuration file not found: {path}")]) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([("", f"{path} is not valid TOML: {exc}")]) from exc
+    data = _deep_merge(data, env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, data)) from exc
+
+
+def check_file(path: Path) -> list[tuple[str, str]]:
+    """Validate a configuration file alone (no environment); return (key, reason) problems."""
+    try:
+        load_settings(path, environ={})
+    except ConfigError as exc:
+        return exc.problems
+    return []

@@ -1,0 +1,91 @@
+"""Wiring of the core: one object that owns the store, the pipeline and the queue.
+
+Nothing here is global: every component receives what it needs from `Core`,
+and tests build as many independent cores as they like.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from converters.registry import ConverterRegistry, default_converters
+from storage.blobs import BlobStore
+from storage.db import SessionFactory, create_engine, read_session_factory, session_factory
+from storage.migrate import upgrade
+from storage.models import Project
+from umsg.config import Settings
+from umsg.events import EventLog
+from umsg.ingest import Ingestor
+from umsg.queue import Queue
+from umsg.routes import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Core:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: SessionFactory
+    readers: SessionFactory
+    blobs: BlobStore
+    converters: ConverterRegistry
+    routes: RouteTable
+    events: EventLog
+    queue: Queue
+    ingest: Ingestor
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+
+    @classmethod
+    async def open(cls, settings: Settings, migrate: bool | None = None) -> Core:
+        """Connect to the store (migrating it when configured to) and build every component."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.database_url
+        engine = create_engine(url, schema=settings.database.schema_name, pool_size=settings.database.pool_size)
+        if settings.database.auto_migrate if migrate is None else migrate:
+            await upgrade(engine, url, settings.database.schema_name)
+        sessions = session_factory(engine)
+        readers = read_session_factory(engine)
+        blobs = BlobStore(settings.blob_dir)
+        converters = default_converters(settings.converters)
+        routes = RouteTable.from_settings(settings.routes)
+        events = EventLog(sessions)
+        queue = Queue(sessions, events, settings.queue)
+        ingest = Ingestor(sessions, readers, blobs, converters, routes, events, queue, settings.ingest)
+        core = cls(settings, engine, sessions, readers, blobs, converters, routes, events, queue, ingest)
+        if settings.instance_id:
+            core.instance_id = settings.instance_id
+        await core.ensure_project(settings.project)
+        return core
+
+    async def ensure_project(self, slug: str, name: str | None = None) -> int:
+        """Return the id of project `slug`, creating it on first use."""
+        async with self.sessions() as s:
+            pid = await s.scalar(select(Project.id).where(Project.slug == slug))
+            if pid is not None:
+                return pid
+            p = Project(slug=slug, name=name or slug)
+            s.add(p)
+            try:
+                await s.commit()
+            except Exception:  # another process created it first
+                await s.rollback()
+                pid = await s.scalar(select(Project.id).where(Project.slug == slug))
+                if pid is None:
+                    raise
+                return pid
+            return p.id
+
+    async def start(self) -> None:
+        await self.ingest.start()
+
+    async def aclose(self) -> None:
+        await self.ingest.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,85 @@
+"""`Ingestor.ingest(inbound)`: the ingest sink handed to every channel adapter."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from converters.registry import ConverterRegistry
+from storage.blobs import BlobStore
+from storage.db import SessionFactory
+from storage.models import Project
+from umsg.config import IngestSettings
+from umsg.errors import PermanentError
+from umsg.events import EventLog
+from umsg.ingest.prepare import prepare
+from umsg.ingest.steps import DEFAULT_STEPS, Ctx, Step, find_duplicate
+from umsg.ingest.writer import GroupWriter
+from umsg.model import Inbound, IngestResult
+from umsg.queue import Queue
+from umsg.routes import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+class Ingestor:
+    """Stores every inbound message exactly once and puts it where an agent will see it."""
+
+    def __init__(self, sessions: SessionFactory, readers: SessionFactory, blobs: BlobStore, converters: ConverterRegistry,
+                 routes: RouteTable, events: EventLog, queue: Queue, settings: IngestSettings,
+                 steps: Sequence[Step] = DEFAULT_STEPS) -> None:
+        self._sessions = sessions
+        self._readers = readers
+        self._blobs = blobs
+        self._converters = converters
+        self.routes = routes
+        self._events = events
+        self._queue = queue
+        self._settings = settings
+        self._projects: dict[str, int] = {}
+        self._writer = GroupWriter(sessions, steps, self._ctx, settings, events.notify)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._writer.stats)
+
+    def _ctx(self, session: AsyncSession, project_id: int, now: datetime) -> Ctx:
+        # Routes are read per batch so a reload takes effect on the next message.
+        return Ctx(session, project_id, now, self._events, self._queue, self.routes)
+
+    async def start(self) -> None:
+        await self._writer.start()
+
+    async def aclose(self) -> None:
+        await self._writer.aclose()
+
+    async def project_id(self, slug: str) -> int:
+        pid = self._projects.get(slug)
+        if pid is None:
+            async with self._readers() as s:
+                pid = await s.scalar(select(Project.id).where(Project.slug == slug))
+            if pid is None:
+                raise PermanentError(f"unknown project '{slug}'")
+            self._projects[slug] = pid
+        return pid
+
+    async def ingest(self, inbound: Inbound) -> IngestResult:
+        """Store `inbound` durably and route it; return only after the commit.
+
+        A retry of a message already stored returns the stored one with
+        `duplicate=True` and changes nothing.
+        """
+        project_id = await self.project_id(inbound.project)
+        # Cheap early answer for retries, before any blob or conversion work;
+        # the unique key still guards the race inside the transaction.
+        async with self._readers() as s:
+            existing = await find_duplicate(s, project_id, inbound.channel, inbound.dedupe_key)
+        if existing is not None:
+            self._writer.stats["duplicates"] += 1
+            return IngestResult(existing.id, existing.conversation_id, existing.contact_id, duplicate=True)
+        prepared = await prepare(inbound, self._settings, self._blobs, self._converters)
+        return await self._writer.submit(prepared, project_id)
