@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from storage.types import BigId, UTCDateTime, utcnow
 
@@ -81,6 +81,7 @@ class Identity(Base):
     failing: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    contact: Mapped[Contact] = relationship(lazy="raise")
 
 
 class ContactMerge(Base):
@@ -121,6 +122,7 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
+    contact: Mapped[Contact] = relationship(lazy="raise")
 
 
 class ThreadRef(Base):
@@ -161,6 +163,9 @@ class Message(Base):
     flags: Mapped[dict[str, Any]] = mapped_column(default=dict)
     sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Relationships let the ingest writer insert a whole batch in one flush.
+    conversation: Mapped[Conversation] = relationship(lazy="raise")
+    contact: Mapped[Contact] = relationship(lazy="raise")
 
 
 class Part(Base):
@@ -180,6 +185,8 @@ class Part(Base):
     converter: Mapped[str | None] = mapped_column(String(100))
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    message: Mapped[Message] = relationship(lazy="raise")
+    derived_from: Mapped[Part | None] = relationship(remote_side="Part.id", lazy="raise")
 
 
 class Agent(Base):

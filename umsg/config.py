@@ -57,6 +57,8 @@ class IngestSettings(_Strict):
     max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     # Region for phone numbers that arrive without a country code (ISO 3166 alpha-2).
     default_region: str | None = Field(default=None, pattern="^[A-Z]{2}$")
+    # Worker processes for conversions (0: one per CPU).
+    converter_workers: int = Field(default=0, ge=0, le=64)
     # Bounded hand-off to the writer: callers wait (back-pressure) rather than pile up memory.
     max_pending: int = Field(default=1024, ge=1)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import Executor
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -16,8 +18,8 @@ from storage.models import Project
 from umsg.config import IngestSettings
 from umsg.errors import PermanentError
 from umsg.events import EventLog
-from umsg.ingest.prepare import prepare
-from umsg.ingest.steps import DEFAULT_STEPS, Ctx, Step, find_duplicate
+from umsg.ingest.prepare import make_pool, prepare
+from umsg.ingest.steps import BUILD_STEPS, LINK_STEPS, BatchState, Ctx, Step, find_duplicate
 from umsg.ingest.writer import GroupWriter
 from umsg.model import Inbound, IngestResult
 from umsg.queue import Queue
@@ -31,7 +33,7 @@ class Ingestor:
 
     def __init__(self, sessions: SessionFactory, readers: SessionFactory, blobs: BlobStore, converters: ConverterRegistry,
                  routes: RouteTable, events: EventLog, queue: Queue, settings: IngestSettings,
-                 steps: Sequence[Step] = DEFAULT_STEPS) -> None:
+                 build: Sequence[Step] = BUILD_STEPS, link: Sequence[Step] = LINK_STEPS) -> None:
         self._sessions = sessions
         self._readers = readers
         self._blobs = blobs
@@ -41,21 +43,27 @@ class Ingestor:
         self._queue = queue
         self._settings = settings
         self._projects: dict[str, int] = {}
-        self._writer = GroupWriter(sessions, steps, self._ctx, settings, events.notify)
+        self._pool: Executor | None = None
+        self._writer = GroupWriter(sessions, build, link, self._ctx, settings, events.notify)
 
     @property
     def stats(self) -> dict[str, int]:
         return dict(self._writer.stats)
 
-    def _ctx(self, session: AsyncSession, project_id: int, now: datetime) -> Ctx:
+    def _ctx(self, session: AsyncSession, project_id: int, now: datetime, batch: BatchState) -> Ctx:
         # Routes are read per batch so a reload takes effect on the next message.
-        return Ctx(session, project_id, now, self._events, self._queue, self.routes)
+        return Ctx(session, project_id, now, self._events, self._queue, self.routes, batch)
 
     async def start(self) -> None:
+        if self._pool is None:
+            self._pool = make_pool(self._settings.converter_workers)
         await self._writer.start()
 
     async def aclose(self) -> None:
         await self._writer.aclose()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
 
     async def project_id(self, slug: str) -> int:
         pid = self._projects.get(slug)
@@ -74,12 +82,14 @@ class Ingestor:
         `duplicate=True` and changes nothing.
         """
         project_id = await self.project_id(inbound.project)
-        # Cheap early answer for retries, before any blob or conversion work;
-        # the unique key still guards the race inside the transaction.
-        async with self._readers() as s:
-            existing = await find_duplicate(s, project_id, inbound.channel, inbound.dedupe_key)
-        if existing is not None:
-            self._writer.stats["duplicates"] += 1
-            return IngestResult(existing.id, existing.conversation_id, existing.contact_id, duplicate=True)
-        prepared = await prepare(inbound, self._settings, self._blobs, self._converters)
+        if self._converters.wanted(inbound.parts):
+            # A retry of a message with conversions would redo that work before the
+            # writer spots the duplicate: answer it early. The unique key still
+            # guards the race inside the transaction.
+            async with self._readers() as s:
+                existing = await find_duplicate(s, project_id, inbound.channel, inbound.dedupe_key)
+            if existing is not None:
+                self._writer.stats["duplicates"] += 1
+                return IngestResult(existing.id, existing.conversation_id, existing.contact_id, duplicate=True)
+        prepared = await prepare(inbound, self._settings, self._blobs, self._converters, self._pool)
         return await self._writer.submit(prepared, project_id)

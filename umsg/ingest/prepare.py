@@ -1,19 +1,24 @@
-"""The part of ingest that runs before the transaction: checks, blobs and conversions.
+"""The part of ingest that runs before the transaction: checks, conversions and blobs.
 
 Blobs are content-addressed and written durably before the row that names
 them is committed, so a crash can leave at most an unreferenced blob, never a
-row without its bytes. Conversions are CPU work and run in a worker thread,
-outside the database transaction, so a slow converter never holds a lock.
+row without its bytes. Conversions and HTML sanitising are CPU work: they run
+in a process pool, because in a thread they would hold the GIL and every
+database round trip of the event loop would queue behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import nh3
 
+from converters.base import Converted, Converter
 from converters.html_text import html_to_text
 from converters.registry import ConverterRegistry
 from storage.blobs import BlobStore
@@ -51,6 +56,40 @@ class Prepared:
     conversion_errors: list[str]
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One conversion for the worker process: which converter on which part."""
+
+    part_index: int
+    converter: Converter
+    data: bytes
+    filename: str | None
+
+
+@dataclass(frozen=True)
+class _Derived:
+    html: str | None
+    text_from_html: str | None
+    outputs: list[tuple[int, str, Converted | None, str | None]]  # part, converter, output, error
+
+
+def _derive(jobs: list[_Job], html: str | None) -> _Derived:
+    """Runs in a worker process: every conversion of one message plus HTML sanitising."""
+    outputs: list[tuple[int, str, Converted | None, str | None]] = []
+    for job in jobs:
+        try:
+            outputs.append((job.part_index, job.converter.name, job.converter.convert(job.data, job.filename), None))
+        except Exception as exc:  # a converter failure must never lose the message
+            outputs.append((job.part_index, job.converter.name, None, f"{type(exc).__name__}: {exc}"))
+    return _Derived(nh3.clean(html) if html else None, html_to_text(html) if html else None, outputs)
+
+
+def make_pool(workers: int) -> Executor:
+    # spawn, not fork: the parent runs threads (aiosqlite, blob writers) that fork would copy mid-lock.
+    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1,
+                               mp_context=multiprocessing.get_context("spawn"))
+
+
 def validate(inbound: Inbound, settings: IngestSettings) -> str:
     """Refuse what can never be stored; return the normalised sender identity."""
     if not inbound.dedupe_key or len(inbound.dedupe_key) > 500:
@@ -63,38 +102,44 @@ def validate(inbound: Inbound, settings: IngestSettings) -> str:
     return normalise(inbound.sender.kind, inbound.sender.value, settings.default_region)
 
 
-def _write_and_convert(inbound: Inbound, blobs: BlobStore, converters: ConverterRegistry) -> Prepared:
-    stored: list[StoredBlob] = []
+def _write_blobs(inbound: Inbound, derived: _Derived, blobs: BlobStore) -> tuple[list[StoredBlob], list[str]]:
+    stored = [StoredBlob(blobs.put_sync(inbound.raw), inbound.raw_media_type, len(inbound.raw), "raw")]
+    index_of: dict[int, int] = {}
+    for i, part in enumerate(inbound.parts):
+        index_of[i] = len(stored)
+        stored.append(StoredBlob(blobs.put_sync(part.data), part.media_type, len(part.data), part.role,
+                                 part.filename, part.content_id))
     errors: list[str] = []
-    raw_sha = blobs.put_sync(inbound.raw)
-    stored.append(StoredBlob(raw_sha, inbound.raw_media_type, len(inbound.raw), "raw"))
-    text = inbound.text
-    for part in inbound.parts:
-        sha = blobs.put_sync(part.data)
-        source_index = len(stored)
-        stored.append(StoredBlob(sha, part.media_type, len(part.data), part.role, part.filename, part.content_id))
-        for conv in converters.for_media_type(part.media_type):
-            try:
-                out = conv.convert(part.data, part.filename)
-            except Exception as exc:  # a converter failure must never lose the message
-                errors.append(f"{conv.name} on part {source_index} ({part.filename or part.media_type}): {exc}")
-                log.warning("conversion failed: converter=%s part=%s error=%s", conv.name, source_index, exc)
-                continue
-            dsha = blobs.put_sync(out.data)
-            stored.append(StoredBlob(dsha, out.media_type, len(out.data), "derived", out.filename,
-                                     derived_from=source_index, converter=conv.name, meta=dict(out.meta)))
-            if text is None and part.role == "body" and out.media_type.startswith("text/plain"):
-                text = out.data.decode("utf-8", "replace")
-    html = nh3.clean(inbound.html) if inbound.html else None
-    if text is None and inbound.html:
-        text = html_to_text(inbound.html)
-    return Prepared(inbound, "", html, text, stored, errors)
+    for part_index, name, out, error in derived.outputs:
+        part = inbound.parts[part_index]
+        if out is None:
+            errors.append(f"{name} on {part.filename or part.media_type}: {error}")
+            log.warning("conversion failed: converter=%s part=%s error=%s", name, part_index, error)
+            continue
+        stored.append(StoredBlob(blobs.put_sync(out.data), out.media_type, len(out.data), "derived",
+                                 out.filename, derived_from=index_of[part_index], converter=name,
+                                 meta=dict(out.meta)))
+    return stored, errors
 
 
 async def prepare(inbound: Inbound, settings: IngestSettings, blobs: BlobStore,
-                  converters: ConverterRegistry) -> Prepared:
-    """Validate, write every blob and run the converters; no database access."""
+                  converters: ConverterRegistry, pool: Executor | None) -> Prepared:
+    """Validate, run the converters, and write every blob; no database access."""
     sender = validate(inbound, settings)
-    prepared = await asyncio.to_thread(_write_and_convert, inbound, blobs, converters)
-    prepared.sender_value = sender
-    return prepared
+    jobs = [_Job(i, conv, part.data, part.filename)
+            for i, part in enumerate(inbound.parts) for conv in converters.for_media_type(part.media_type)]
+    derived = _Derived(None, None, [])
+    if jobs or inbound.html:
+        loop = asyncio.get_running_loop()
+        derived = await loop.run_in_executor(pool, _derive, jobs, inbound.html)
+    stored, errors = await asyncio.to_thread(_write_blobs, inbound, derived, blobs)
+    text = inbound.text
+    if text is None:
+        text = derived.text_from_html
+    if text is None:
+        # A plain-text rendering of a body part (e.g. an HTML body given only as a part).
+        for idx, _name, out, _err in derived.outputs:
+            if out is not None and inbound.parts[idx].role == "body" and out.media_type.startswith("text/plain"):
+                text = out.data.decode("utf-8", "replace")
+                break
+    return Prepared(inbound, sender, derived.html, text, stored, errors)

@@ -1,10 +1,10 @@
 """Group commit: one writer task runs the transactional steps for many messages at once.
 
 Callers hand over a prepared message and wait; the writer takes whatever has
-queued up (up to `batch_max`), runs each message's steps inside its own
-savepoint, commits once, and only then wakes the callers. One bad message
-rolls back its savepoint alone; a failed commit fails every caller of that
-batch with a transient error, so none of them acknowledges to its peer.
+queued up (up to `batch_max`), runs the steps for all of them, commits once, and only then wakes the callers. The batch is
+optimistic: if any message fails, nothing of it is committed and the
+messages are committed one by one, so only the bad one fails; a commit that
+fails answers its callers with a transient error, so none acknowledges to its peer.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from storage.db import SessionFactory
 from storage.types import utcnow
 from umsg.config import IngestSettings
 from umsg.errors import TransientError, UmsgError
 from umsg.ingest.prepare import Prepared
-from umsg.ingest.steps import Ctx, DuplicateMessage, Step, Work
+from umsg.ingest.steps import BatchState, Ctx, DuplicateMessage, Step, Work
 from umsg.model import IngestResult
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,12 @@ class _Pending:
     attempts: int = 0
 
 
-class _Race(UmsgError):
-    """Another writer inserted the same unique key first; running the steps again resolves it."""
-
-
 class GroupWriter:
-    def __init__(self, sessions: SessionFactory, steps: Sequence[Step], make_ctx: Callable[..., Ctx],
-                 settings: IngestSettings, on_commit: Callable[[], None]) -> None:
+    def __init__(self, sessions: SessionFactory, build: Sequence[Step], link: Sequence[Step],
+                 make_ctx: Callable[..., Ctx], settings: IngestSettings, on_commit: Callable[[], None]) -> None:
         self._sessions = sessions
-        self._steps = tuple(steps)
+        self._build = tuple(build)
+        self._link = tuple(link)
         self._make_ctx = make_ctx
         self._settings = settings
         self._on_commit = on_commit
@@ -96,65 +93,83 @@ class GroupWriter:
                     self._queue.task_done()
 
     async def _commit_with_retries(self, batch: list[_Pending]) -> None:
-        todo = batch
-        while todo:
-            retry = await self._commit(todo)
-            for p in retry:
-                p.attempts += 1
-                if p.attempts > MAX_RACE_RETRIES and not p.future.done():
-                    p.future.set_exception(TransientError("ingest kept colliding with a concurrent writer"))
-            todo = [p for p in retry if not p.future.done()]
+        if len(batch) > 1:
+            try:
+                await self._commit(batch)
+                return
+            except _BatchFailed as exc:
+                # Optimism failed: isolate the culprit so the other messages still commit.
+                log.info("ingest batch of %d failed (%r); committing one by one", len(batch), exc.cause)
+        for p in batch:
+            while not p.future.done():
+                try:
+                    await self._commit([p])
+                except _BatchFailed as exc:
+                    self._fail_single(p, exc.cause)
 
-    async def _commit(self, batch: list[_Pending]) -> list[_Pending]:
-        """Run one transaction for `batch`; return the messages that lost a race and must rerun."""
-        done: list[tuple[_Pending, Work | DuplicateMessage]] = []
-        failed: list[tuple[_Pending, BaseException]] = []
-        races: list[_Pending] = []
+    def _fail_single(self, p: _Pending, cause: BaseException) -> None:
+        """Decide what one failed message's caller hears (or leave it to be retried)."""
+        if isinstance(cause, IntegrityError) and p.attempts < MAX_RACE_RETRIES:
+            # Another process inserted the same key (message, identity) first; a rerun sees it.
+            p.attempts += 1
+            return
+        self.stats["failed"] += 1
+        error: BaseException = cause
+        if isinstance(cause, (DBAPIError, OSError, TimeoutError)):
+            error = TransientError(f"the store did not commit: {cause}")
+        if not isinstance(cause, UmsgError):
+            log.warning("ingest failed: dedupe_key=%s error=%r", p.prepared.inbound.dedupe_key, cause)
+        if not p.future.done():
+            p.future.set_exception(error)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        """Run one transaction for `batch`, then resolve every caller's future.
+
+        Raises `_BatchFailed` (nothing committed, no future touched) when any
+        message of the batch failed.
+        """
+        outcomes: list[tuple[_Pending, Work | DuplicateMessage]] = []
         try:
-            async with self._sessions() as session, session.begin():
+            async with self._sessions(autoflush=False) as session, session.begin():
                 now = utcnow()
+                state = BatchState()
+                await state.prefetch(session, ((p.project_id, p.prepared) for p in batch))
+                works: list[tuple[_Pending, Work, Ctx]] = []
                 for p in batch:
-                    ctx = self._make_ctx(session, p.project_id, now)
+                    ctx = self._make_ctx(session, p.project_id, now, state)
                     work = Work(p.prepared)
                     try:
-                        async with session.begin_nested():
-                            for step in self._steps:
-                                await step.process(work, ctx)
-                        done.append((p, work))
+                        for step in self._build:
+                            await step.process(work, ctx)
                     except DuplicateMessage as dup:
-                        done.append((p, dup))
-                    except IntegrityError:
-                        races.append(p)
-                    except OperationalError:
-                        raise  # the connection or lock is the problem: fail the batch, transiently
-                    except Exception as exc:
-                        log.warning("ingest step failed: dedupe_key=%s error=%r",
-                                    p.prepared.inbound.dedupe_key, exc)
-                        failed.append((p, exc))
+                        outcomes.append((p, dup))
+                        continue
+                    works.append((p, work, ctx))
+                await session.flush()
+                for p, work, ctx in works:
+                    for step in self._link:
+                        await step.process(work, ctx)
+                    outcomes.append((p, work))
         except Exception as exc:
-            log.warning("ingest commit failed for %d messages: %r", len(batch), exc)
-            self.stats["failed"] += len(batch)
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(TransientError(f"the store did not commit: {exc}"))
-            return []
+            raise _BatchFailed(exc) from exc
         self.stats["batches"] += 1
         self._on_commit()
-        for p, outcome in done:
+        for p, outcome in outcomes:
             if p.future.done():
                 continue
             if isinstance(outcome, DuplicateMessage):
                 self.stats["duplicates"] += 1
                 m = outcome.message
                 p.future.set_result(IngestResult(m.id, m.conversation_id, m.contact_id, duplicate=True))
-                continue
-            self.stats["ingested"] += 1
-            p.future.set_result(_result(outcome))
-        for p, exc in failed:
-            self.stats["failed"] += 1
-            if not p.future.done():
-                p.future.set_exception(exc)
-        return races
+            else:
+                self.stats["ingested"] += 1
+                p.future.set_result(_result(outcome))
+
+
+class _BatchFailed(UmsgError):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
 
 
 def _result(work: Work) -> IngestResult:
