@@ -305,3 +305,28 @@ class ApiToken(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class StoredRouteTable(Base):
+    """A project's channel routes as saved through the API (the TOML file seeds them)."""
+
+    __tablename__ = "route_table"
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("project.id"), unique=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    routes: Mapped[list[Any]] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class ChannelState(Base):
+    """Small durable facts a channel adapter keeps between restarts (IMAP UIDVALIDITY + UID,
+    SMPP sequence numbers), written in the same transaction as what they describe when possible."""
+
+    __tablename__ = "channel_state"
+    __table_args__ = (UniqueConstraint("channel", "key"),)
+    id: Mapped[int] = _pk()
+    channel: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(300))
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

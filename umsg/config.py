@@ -124,7 +124,8 @@ class Settings(_Strict):
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with passwords in URLs and secret-looking keys masked."""
-        return _mask(self.model_dump(mode="json", by_alias=True))
+        masked: dict[str, Any] = _mask(self.model_dump(mode="json", by_alias=True))
+        return masked
 
 
 def _mask(value: Any, key: str = "") -> Any:

@@ -56,8 +56,8 @@ class Core:
         blobs = BlobStore(settings.blob_dir)
         converters = default_converters(settings.converters)
         routes = RouteTable.from_settings(settings.routes)
-        events = EventLog(sessions)
-        queue = Queue(sessions, events, settings.queue)
+        events = EventLog(sessions, readers)
+        queue = Queue(sessions, events, settings.queue, readers=readers)
         ingest = Ingestor(sessions, readers, blobs, converters, routes, events, queue, settings.ingest)
         core = cls(settings, engine, sessions, readers, blobs, converters, routes, events, queue, ingest)
         if settings.instance_id:

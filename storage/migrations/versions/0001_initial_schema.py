@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 10:57:14.912661
+Create Date: 2026-11-22
 """
 
 from __future__ import annotations
