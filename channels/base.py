@@ -1,0 +1,235 @@
+"""The adapter contract every channel implements.
+
+A channel adapter only translates: its wire protocol into `umsg.model.Inbound`
+(handed to the ingest sink, acknowledged to the peer only after the sink
+returned) and `umsg.model.Outbound` into its wire protocol (`send` reports a
+typed `DeliveryResult`). It declares what it can do (`Capabilities`), what its
+peer accepts (`Limits`) and its typed `Settings`, which can also be written as
+one connection URL (`smpp://user:pass@host:2775`). Anything printed or logged
+about an adapter goes through `mask_secrets`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from umsg.errors import ConfigError
+from umsg.model import DeliveryResult, Inbound, IngestResult, Outbound
+
+InboundSink = Callable[[Inbound], Awaitable[IngestResult]]
+
+# Setting names that hold credentials; their values never appear in describe() or logs.
+SECRET_WORDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "auth",
+    "api_key",
+    "apikey",
+    "private_key",
+    "credential",
+)
+MASK = "***"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a channel can carry; the core consults it before handing over an `Outbound`."""
+
+    inbound: bool = True
+    outbound: bool = True
+    html: bool = False
+    subject: bool = False
+    attachments: bool = False
+    # Media types accepted as outbound attachments; empty means any (when attachments is true).
+    media_types: tuple[str, ...] = ()
+    delivery_receipts: bool = False
+    # The peer keeps threads we can refer to (email References, a chat session).
+    threading: bool = False
+    # Customers expect an answer within seconds (chat), not hours (email).
+    realtime: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the peer accepts; None means no limit is known."""
+
+    max_text_chars: int | None = None
+    max_message_bytes: int | None = None
+    max_attachments: int | None = None
+    max_attachment_bytes: int | None = None
+    # SMS concatenation: how many segments one message may be split into.
+    max_segments: int | None = None
+    max_sends_per_second: float | None = None
+
+
+class AdapterSettings(BaseModel):
+    """Base for adapter settings: unknown keys are errors and settings never change after start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Settings end up in log lines and tracebacks via repr/str: mask them there too.
+        for name, value in super().__repr_args__():
+            yield name, (mask_secrets(value, name) if name else value)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _is_secret_key(key: str) -> bool:
+    low = key.lower()
+    return any(word in low for word in SECRET_WORDS)
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy of `value` with secret-named entries and URL passwords replaced by `***`."""
+    if isinstance(value, Mapping):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v, key) for v in value]
+    if value is None or value == "":
+        return value
+    if _is_secret_key(key):
+        return MASK
+    if isinstance(value, str) and "://" in value:
+        scheme, rest = value.split("://", 1)
+        netloc, sep, tail = rest.partition("/")
+        if "@" in netloc:
+            creds, host = netloc.rsplit("@", 1)
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:{MASK}@{host}{sep}{tail}"
+    return value
+
+
+def validation_problems(
+    err: ValidationError, model: type[BaseModel], prefix: str = ""
+) -> list[tuple[str, str]]:
+    """Turn pydantic errors into (dotted key, reason) pairs, suggesting names for unknown keys."""
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        reason = e["msg"]
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+            guess = difflib.get_close_matches(str(e["loc"][0]), list(model.model_fields), n=1)
+            reason = "unknown key" + (f" (did you mean '{guess[0]}'?)" if guess else "")
+        problems.append((key, reason))
+    return problems
+
+
+class ChannelAdapter(ABC, Generic[S]):
+    """One configured channel instance (one SMTP listener, one SMPP bind, one webhook)."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    limits: ClassVar[Limits]
+    Settings: ClassVar[type[BaseModel]]
+    # URL schemes `settings_from_url` accepts; empty means just the adapter's name.
+    url_schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, instance_name: str, settings: S) -> None:
+        if not isinstance(settings, self.Settings):
+            raise TypeError(
+                f"{type(self).__name__} needs {self.Settings.__name__}, got {type(settings).__name__}"
+            )
+        self.instance_name = instance_name
+        self.settings: S = settings
+
+    # -- settings -------------------------------------------------------------------------
+
+    @classmethod
+    def validate_settings(cls, data: Mapping[str, Any], prefix: str = "") -> BaseModel:
+        """Validate raw settings; problems are reported as ConfigError keyed `prefix.<key>`."""
+        try:
+            return cls.Settings.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(exc, cls.Settings, prefix)) from exc
+
+    @classmethod
+    def url_fields(cls, url: str) -> dict[str, Any]:
+        """Split a connection URL into raw setting values (not yet validated).
+
+        The default maps user, password, host, port and path onto settings of
+        those names (or their common synonyms) and every query parameter onto
+        the setting it names. Adapters with other URL shapes override this.
+        """
+        parts = urlsplit(url)
+        schemes = cls.url_schemes or (cls.name,)
+        if not parts.scheme or parts.scheme not in schemes:
+            raise ConfigError([("url", f"expected a {' or '.join(s + '://' for s in schemes)} URL")])
+        fields = cls.Settings.model_fields
+        out: dict[str, Any] = {}
+
+        def put(names: tuple[str, ...], value: Any, what: str) -> None:
+            for n in names:
+                if n in fields:
+                    out[n] = value
+                    return
+            raise ConfigError([("url", f"the URL gives {what}, but {cls.name} has no setting for it")])
+
+        if "scheme" in fields:
+            out["scheme"] = parts.scheme
+        if parts.username:
+            put(("username", "user", "system_id", "login"), unquote(parts.username), "a user name")
+        if parts.password is not None:
+            put(("password", "secret"), unquote(parts.password), "a password")
+        if parts.hostname:
+            put(("host", "hostname"), parts.hostname, "a host")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError([("url", f"bad port: {exc}")]) from exc
+        if port is not None:
+            put(("port",), port, "a port")
+        path = unquote(parts.path).removeprefix("/")
+        if path:
+            put(("path", "mailbox", "folder"), path, "a path")
+        for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+            out[key] = values[0] if len(values) == 1 else values
+        return out
+
+    @classmethod
+    def settings_from_url(cls, url: str) -> BaseModel:
+        """Parse a connection URL into this adapter's validated settings."""
+        return cls.validate_settings(cls.url_fields(url))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def start(self, sink: InboundSink) -> None:
+        """Begin receiving; every inbound message goes to `sink` before the peer is acknowledged."""
+
+    @abstractmethod
+    async def send(self, outbound: Outbound) -> DeliveryResult:
+        """Deliver one message; peer refusals are results, not exceptions.
+
+        May raise `TransientError` or `PermanentError` for failures it
+        classifies itself; anything else is treated as transient by the caller.
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop receiving and release connections; safe to call twice."""
+
+    # -- presentation ---------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What this instance is, with secrets masked (for logs, `umsg channels`, the admin API)."""
+        return {
+            "instance": self.instance_name,
+            "type": self.name,
+            "capabilities": asdict(self.capabilities),
+            "limits": asdict(self.limits),
+            "settings": mask_secrets(self.settings.model_dump(mode="json")),
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.instance_name!r} {self.describe()['settings']}>"
