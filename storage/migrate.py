@@ -7,9 +7,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x756D7367  # "umsg"
 
 
 def alembic_config(url: str, schema: str | None = None) -> Config:
@@ -29,6 +31,10 @@ async def upgrade(engine: AsyncEngine, url: str, schema: str | None = None) -> N
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several processes may start together on an empty database: one migrates,
+            # the others wait here and then find nothing to do.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         await conn.run_sync(_go)
 
 

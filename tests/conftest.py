@@ -21,10 +21,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "db_backend" in metafunc.fixturenames:
-        choice = metafunc.config.getoption("--db")
-        backends = ["sqlite", "postgres"] if choice == "both" else [choice]
-        metafunc.parametrize("db_backend", backends, indirect=True)
+    if "db_backend" not in metafunc.fixturenames:
+        return
+    choice = metafunc.config.getoption("--db")
+    backends = ["sqlite", "postgres"] if choice == "both" else [choice]
+    if metafunc.definition.get_closest_marker("postgres") is not None:
+        # PostgreSQL-only behaviour (several processes on one store, SKIP LOCKED, advisory locks).
+        backends = [b for b in backends if b == "postgres"]
+    metafunc.parametrize("db_backend", backends, indirect=True)
 
 
 @pytest.fixture

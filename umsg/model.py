@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 
-class Channel(str, enum.Enum):
+class Channel(enum.StrEnum):
     """The channels the product knows; adapters may add their own names."""
 
     EMAIL = "email"
@@ -25,7 +25,7 @@ class Channel(str, enum.Enum):
     API = "api"
 
 
-class IdentityKind(str, enum.Enum):
+class IdentityKind(enum.StrEnum):
     """How a contact can be reached; values are stored normalised."""
 
     EMAIL = "email"
@@ -122,7 +122,7 @@ class Outbound:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class DeliveryStatus(str, enum.Enum):
+class DeliveryStatus(enum.StrEnum):
     ACCEPTED = "accepted"  # the peer took responsibility (SMTP 250, submit_sm_resp)
     DELIVERED = "delivered"
     TRANSIENT_FAILURE = "transient_failure"
