@@ -40,6 +40,8 @@ KINDS = frozenset(
         "contact.unmerged",
         "message.status",
         "agent.state",
+        "message.dropped",
+        "routes.updated",
     }
 )
 

@@ -1,0 +1,41 @@
+"""`create_app`: the aiohttp application serving the API, health and metrics.
+
+Middlewares, outermost first: metrics (sees the final status of everything,
+errors included), errors (every failure becomes the JSON error shape), auth
+(bearer token for `/api/` routes). All state lives on the Application.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from umsg.web.auth import auth_middleware
+from umsg.web.endpoints import register
+from umsg.web.errors import error_middleware
+from umsg.web.keys import ADAPTERS, CORE, ENDPOINTS, METRICS
+from umsg.web.metrics import WebMetrics, metrics_middleware
+from umsg.web.table import ENDPOINTS as TABLE
+from umsg.web.ws import OPEN_SOCKETS, close_sockets
+
+if TYPE_CHECKING:
+    from umsg.core import Core
+
+
+def create_app(core: Core, adapters: Mapping[str, object] | None = None) -> web.Application:
+    """Build the web app for `core`; `adapters` are the running channel adapters by name."""
+    app = web.Application(
+        client_max_size=core.settings.http.max_body_bytes,
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+    )
+    app[CORE] = core
+    app[ADAPTERS] = dict(adapters or {})
+    app[METRICS] = WebMetrics()
+    app[ENDPOINTS] = TABLE
+    app[OPEN_SOCKETS] = weakref.WeakSet()
+    register(app, TABLE)
+    app.on_shutdown.append(close_sockets)
+    return app

@@ -1,0 +1,102 @@
+"""The route table of the web app: every operation it serves, in one place.
+
+`create_app` registers exactly these and `/api/v1/openapi.json` describes
+exactly these; adding a route means adding a row here.
+"""
+
+from __future__ import annotations
+
+from umsg.web import api_agents as agents
+from umsg.web import api_contacts as contacts
+from umsg.web import api_conversations as conversations
+from umsg.web import api_messages as messages
+from umsg.web import api_queue as queue
+from umsg.web import api_router, api_routes, health, metrics, ws
+from umsg.web.endpoints import ADMIN, API, STAFF, Endpoint
+from umsg.web.openapi import openapi_json
+from umsg.web.schemas import (
+    AgentIn,
+    AgentStateIn,
+    ClaimIn,
+    ContactQuery,
+    ConversationPatch,
+    ConversationQuery,
+    EventsQuery,
+    FailIn,
+    MergeIn,
+    MessageIn,
+    Page,
+    QueueQuery,
+    ReplyIn,
+)
+
+NOT_FOUND = "no such object in the caller's projects"
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # -- service -------------------------------------------------------------------------------
+    Endpoint("GET", "/healthz", health.healthz, "Store and queue health", "service", auth=False,
+             responses={200: "healthy", 503: "the store is unreachable"}),
+    Endpoint("GET", "/metrics", metrics.metrics_text, "Prometheus metrics", "service", auth=False,
+             media_type="text/plain; version=0.0.4"),
+    Endpoint("GET", f"{API}/openapi.json", openapi_json, "This OpenAPI document", "service", auth=False),
+    Endpoint("GET", f"{API}/events", ws.events_feed, "Live event feed (websocket)", "events",
+             query=EventsQuery, responses={101: "switching to the websocket", 426: "not a websocket request"},
+             description="Sends every visible event after `after`, in id order, then live ones, as "
+             "JSON {id, kind, project_id, payload, created_at}. Answers {\"type\": \"ping\"} with a pong. "
+             "Browsers may pass the token as ?access_token= here (only here)."),
+    # -- messages ------------------------------------------------------------------------------
+    Endpoint("POST", f"{API}/messages", messages.post_message, "Submit an inbound message (api channel)",
+             "messages", roles=STAFF, body=MessageIn,
+             responses={201: "stored (after commit)", 200: "a duplicate of a stored message",
+                        404: "unknown project", 503: "the store is unavailable; retry"}),
+    Endpoint("GET", f"{API}/messages/{{id}}", messages.get_message, "A message with its parts", "messages",
+             responses={200: "OK", 404: NOT_FOUND}),
+    Endpoint("GET", f"{API}/parts/{{id}}/content", messages.get_part_content, "The bytes of a part",
+             "messages", media_type="application/octet-stream",
+             responses={200: "the content", 404: NOT_FOUND}),
+    # -- conversations -------------------------------------------------------------------------
+    Endpoint("GET", f"{API}/conversations", conversations.list_conversations, "List conversations",
+             "conversations", query=ConversationQuery),
+    Endpoint("GET", f"{API}/conversations/{{id}}", conversations.get_conversation, "One conversation",
+             "conversations", responses={200: "OK", 404: NOT_FOUND}),
+    Endpoint("PATCH", f"{API}/conversations/{{id}}", conversations.patch_conversation,
+             "Change status, priority, assignee or snooze", "conversations", body=ConversationPatch,
+             responses={200: "the updated conversation", 404: NOT_FOUND}),
+    Endpoint("GET", f"{API}/conversations/{{id}}/messages", conversations.list_conversation_messages,
+             "Messages of a conversation, with parts metadata", "conversations", query=Page,
+             responses={200: "OK", 404: NOT_FOUND}),
+    Endpoint("POST", f"{API}/conversations/{{id}}/reply", conversations.reply, "Queue a reply",
+             "conversations",
+             body=ReplyIn, responses={202: "the queued outbound message", 404: NOT_FOUND}),
+    # -- contacts ------------------------------------------------------------------------------
+    Endpoint("GET", f"{API}/contacts", contacts.list_contacts, "List contacts", "contacts",
+             query=ContactQuery),
+    Endpoint("GET", f"{API}/contacts/{{id}}", contacts.get_contact, "A contact with identities", "contacts",
+             responses={200: "OK", 404: NOT_FOUND}),
+    Endpoint("POST", f"{API}/contacts/{{id}}/merge", contacts.merge_contact, "Merge a contact into another",
+             "contacts", roles=STAFF, body=MergeIn,
+             responses={200: "the merge record", 404: NOT_FOUND, 409: "cannot merge these contacts"}),
+    Endpoint("POST", f"{API}/contact-merges/{{id}}/unmerge", contacts.unmerge_contact, "Undo a merge",
+             "contacts", roles=STAFF,
+             responses={200: "the merge record, undone", 404: NOT_FOUND, 409: "already undone"}),
+    # -- queue ---------------------------------------------------------------------------------
+    Endpoint("GET", f"{API}/queue", queue.list_queue, "List queue items", "queue", query=QueueQuery),
+    Endpoint("GET", f"{API}/queue/stats", queue.queue_stats, "Queue counts by status", "queue"),
+    Endpoint("POST", f"{API}/queue/claim", queue.claim, "Claim the best waiting item", "queue", body=ClaimIn,
+             responses={200: "the claimed item", 204: "nothing is waiting"}),
+    Endpoint("POST", f"{API}/queue/{{id}}/complete", queue.complete, "Complete a claimed item", "queue",
+             responses={200: "the item", 404: NOT_FOUND, 409: "not leased by the caller"}),
+    Endpoint("POST", f"{API}/queue/{{id}}/release", queue.release, "Give a claimed item back", "queue",
+             responses={200: "the item", 404: NOT_FOUND, 409: "not leased by the caller"}),
+    Endpoint("POST", f"{API}/queue/{{id}}/fail", queue.fail, "Record a failed attempt", "queue", body=FailIn,
+             responses={200: "the item", 404: NOT_FOUND, 409: "not leased by the caller"}),
+    # -- agents --------------------------------------------------------------------------------
+    Endpoint("GET", f"{API}/agents", agents.list_agents, "List agents", "agents", query=Page),
+    Endpoint("POST", f"{API}/agents", agents.create_agent, "Create an agent", "agents", roles=ADMIN,
+             body=AgentIn, responses={201: "the agent", 409: "the login is taken"}),
+    Endpoint("GET", f"{API}/agents/{{id}}", agents.get_agent, "One agent with projects and skills", "agents",
+             responses={200: "OK", 404: NOT_FOUND}),
+    Endpoint("PUT", f"{API}/agents/{{id}}/state", agents.put_agent_state, "Change an agent's presence state",
+             "agents", body=AgentStateIn, responses={200: "the agent", 404: NOT_FOUND},
+             description="An agent token may change only its own state."),
+) + api_routes.ENDPOINTS + api_router.ENDPOINTS

@@ -1,0 +1,139 @@
+"""The live event feed: a websocket streaming the event log to agents' browsers.
+
+A client connects to `/api/v1/events?after=N` and first receives every event
+after N it may see (so a reconnect resumes without gaps), in id order, then
+live ones. Events come from the shared log, not from in-process callbacks:
+`EventLog.wait` wakes the feed at once for changes made in this process, and
+polling at least every POLL_SECONDS picks up those committed by other
+processes. Messages from the client: `{"type": "ping"}` is answered with
+`{"type": "pong", "last_event_id": ...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from dataclasses import dataclass
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from umsg.tokens import Principal
+from umsg.web import serialize
+from umsg.web.endpoints import Ctx
+from umsg.web.errors import HttpProblem
+from umsg.web.schemas import EventsQuery
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+BATCH = 200
+
+OPEN_SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("umsg_open_sockets")
+
+
+@dataclass
+class _Feed:
+    ws: web.WebSocketResponse
+    cursor: int
+    # Sends come from the pump and from ping replies; one frame at a time.
+    lock: asyncio.Lock
+    # The pump may be cancelled only while it waits: cancelling a database
+    # call midway leaves the driver to close its connection in a stray task.
+    waiting: bool = False
+    stopping: bool = False
+
+
+async def _send(feed: _Feed, data: object) -> None:
+    async with feed.lock:
+        await feed.ws.send_json(data)
+
+
+async def _pump(feed: _Feed, ctx: Ctx, principal: Principal) -> None:
+    events = ctx.core.events
+    try:
+        while not (feed.ws.closed or feed.stopping):
+            batch = await events.since(feed.cursor, principal.project_ids, BATCH)
+            for ev in batch:
+                if feed.stopping:
+                    return
+                await _send(feed, serialize.event(ev))
+                feed.cursor = ev.id
+            if len(batch) < BATCH and not feed.stopping:
+                feed.waiting = True
+                try:
+                    await events.wait(POLL_SECONDS)
+                finally:
+                    feed.waiting = False
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("event feed failed; closing the websocket so the client reconnects")
+        await feed.ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"event feed failed; reconnect with after")
+
+
+async def _stop(feed: _Feed, pump: asyncio.Task[None]) -> None:
+    """End the pump; it never outlives the handler, even when the handler is cancelled."""
+    feed.stopping = True
+    if feed.waiting:
+        pump.cancel()
+    try:
+        # wait() neither raises the pump's outcome nor cancels the pump if we are cancelled.
+        await asyncio.wait({pump})
+    except asyncio.CancelledError:
+        # The connection went away while the pump is inside a query: let that
+        # finish, or the driver tears the connection down in a stray task.
+        await asyncio.wait({pump})
+        raise
+    finally:
+        if pump.done() and not pump.cancelled():
+            pump.exception()  # a reset connection is expected here; mark it seen
+
+
+async def _answer(feed: _Feed, raw: str) -> None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        await _send(feed, {"type": "error", "message": 'messages must be JSON, e.g. {"type": "ping"}'})
+        return
+    if isinstance(data, dict) and data.get("type") == "ping":
+        await _send(feed, {"type": "pong", "last_event_id": feed.cursor})
+    else:
+        await _send(feed, {"type": "error", "message": 'unknown message; the feed accepts {"type": "ping"}'})
+
+
+async def events_feed(ctx: Ctx) -> web.StreamResponse:
+    q = ctx.query_as(EventsQuery)
+    principal = ctx.me
+    ws = web.WebSocketResponse(heartbeat=30.0)
+    if not ws.can_prepare(ctx.request).ok:
+        raise HttpProblem(
+            426,
+            "upgrade_required",
+            "this endpoint is a websocket; connect with Upgrade: websocket",
+            headers={"Upgrade": "websocket"},
+        )
+    cursor = q.after if q.after is not None else await ctx.core.events.latest_id()
+    await ws.prepare(ctx.request)
+    ctx.request.app[OPEN_SOCKETS].add(ws)
+    feed = _Feed(ws=ws, cursor=cursor, lock=asyncio.Lock())
+    pump = asyncio.create_task(_pump(feed, ctx, principal))
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await _answer(feed, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await _send(feed, {"type": "error", "message": "binary frames are not accepted"})
+    except ConnectionResetError:
+        pass  # the client vanished mid-reply; the response is already under way, nothing to answer
+    finally:
+        await _stop(feed, pump)
+    return ws
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown, tell every client to reconnect elsewhere instead of hanging up silently."""
+    sockets = app[OPEN_SOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
