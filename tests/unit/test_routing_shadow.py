@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from umsg.config import RouteSettings, load_settings
 from umsg.errors import ConfigError
 from umsg.routing.build import parse_table, table_problems
+from umsg.routing.filters import parse_condition
+from umsg.routing.patterns import parse_pattern
 
 HOURS: dict[str, Any] = {"tz": "Europe/Berlin", "mon": "08:00-18:00", "holidays": ["2026-12-25"]}
 
@@ -145,3 +149,36 @@ def test_json_tables_name_the_route_in_the_key() -> None:
             "route 'late' can never match: the earlier route 'all' (routes[0]) matches everything it matches",
         )
     ]
+
+
+# -- soundness: whenever `covers` claims coverage, no value contradicts it -----------------------
+
+PATTERN_TEXTS = ["+4930*", "+49301*", "+4930100", "+4930150", "+4930100..+4930199", "+4930120..+4930129",
+                 "4930100..4930999", "re:\\+4930\\d{3}", "re:\\+49.*", "sales@*", "sales@acme.test",
+                 "re:sales@.*", "*"]
+VALUES = st.one_of(
+    st.sampled_from(["+4930100", "+4930150", "+4930199", "+4930200", "+49301", "+4930100123", "4930150",
+                     "+49 30 150", "sales@acme.test", "SALES@acme.test", "sales@x.test", "info@acme.test"]),
+    st.from_regex(r"\+?49 ?30[0-9 ]{0,6}", fullmatch=True),
+    st.text(max_size=12),
+)
+
+
+@given(wide=st.sampled_from(PATTERN_TEXTS), narrow=st.sampled_from(PATTERN_TEXTS), value=VALUES)
+def test_pattern_cover_is_sound(wide: str, narrow: str, value: str) -> None:
+    a, b = parse_pattern(wide), parse_pattern(narrow)
+    if a.covers(b) and b.matches(value):
+        assert a.matches(value), (wide, narrow, value)
+
+
+CONDITIONS = ["v = 5", "v = 5.5", "v != 5", "v > 3", "v >= 5", "v < 10", "v <= 5", "v in [1, 5, 9]",
+              "v = true", "v != true", "v = \"a\"", "v in [\"a\", \"b\"]", "v > \"m\""]
+ATTR_VALUES = st.one_of(st.integers(-2, 12), st.floats(-2, 12, allow_nan=False), st.booleans(),
+                        st.sampled_from(["a", "b", "z", ""]), st.none())
+
+
+@given(strong=st.sampled_from(CONDITIONS), weak=st.sampled_from(CONDITIONS), value=ATTR_VALUES)
+def test_condition_implication_is_sound(strong: str, weak: str, value: object) -> None:
+    a, b = parse_condition(strong), parse_condition(weak)
+    if a.implies(b) and a.holds({"v": value}):
+        assert b.holds({"v": value}), (strong, weak, value)

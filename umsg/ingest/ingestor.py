@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Executor
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from datetime import datetime
 
 from sqlalchemy import select
@@ -23,7 +23,7 @@ from umsg.ingest.steps import BUILD_STEPS, LINK_STEPS, BatchState, Ctx, Step, fi
 from umsg.ingest.writer import GroupWriter
 from umsg.model import Inbound, IngestResult
 from umsg.queue import Queue
-from umsg.routes import RouteTable
+from umsg.routing.book import RouteBook
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 class Ingestor:
     """Stores every inbound message exactly once and puts it where an agent will see it."""
 
-    def __init__(self, sessions: SessionFactory, readers: SessionFactory, blobs: BlobStore, converters: ConverterRegistry,
-                 routes: RouteTable, events: EventLog, queue: Queue, settings: IngestSettings,
+    def __init__(self, sessions: SessionFactory, readers: SessionFactory, blobs: BlobStore,
+                 converters: ConverterRegistry, routes: RouteBook, events: EventLog, queue: Queue,
+                 settings: IngestSettings,
                  build: Sequence[Step] = BUILD_STEPS, link: Sequence[Step] = LINK_STEPS) -> None:
         self._sessions = sessions
         self._readers = readers

@@ -26,7 +26,9 @@ from umsg.errors import UmsgError
 from umsg.events import EventLog
 from umsg.ingest.prepare import Prepared
 from umsg.queue import Queue
-from umsg.routes import RouteDecision, RouteTable
+from umsg.routing import actions
+from umsg.routing.book import RouteBook
+from umsg.routing.targets import RouteDecision
 
 OPEN_STATES = ("open", "pending", "snoozed")
 REOPENABLE = ("open", "pending", "snoozed", "resolved")
@@ -82,7 +84,7 @@ class Ctx:
     now: datetime
     events: EventLog
     queue: Queue
-    routes: RouteTable
+    routes: RouteBook
     batch: BatchState
 
 
@@ -255,19 +257,37 @@ class RecordThreadKeys:
 
 
 class RouteAndEnqueue:
-    """Apply the channel routes; put the conversation in the universal queue unless it
-    already waits there or has an agent (who then simply sees the new message)."""
+    """Apply the project's channel routes (read per batch, so a saved table applies at once).
+
+    The decision may drop the message (stored, flagged, recorded), answer it
+    automatically, forward a copy, and put the conversation in the universal
+    queue unless it already waits there or has an agent (who then simply sees
+    the new message). Outbound messages join this transaction (umsg.routing.actions).
+    """
 
     name: ClassVar[str] = "route"
 
     async def process(self, work: Work, ctx: Ctx) -> None:
         assert work.conversation is not None and work.message is not None
-        decision = ctx.routes.match(work.prepared.inbound)
+        p, conv, msg = work.prepared, work.conversation, work.message
+        table = await ctx.routes.table_for(ctx.session, ctx.project_id)
+        sample = actions.ingest_sample(channel=p.inbound.channel, sender=p.sender_value,
+                                       recipients=tuple(p.inbound.recipients), subject=p.inbound.subject,
+                                       text=p.text, meta=p.inbound.meta, contact=work.contact, now=ctx.now)
+        decision = table.match(sample)
         work.decision = decision
-        conv = work.conversation
         if decision.action == "drop":
-            work.message.flags = {**work.message.flags, "dropped_by_route": decision.route}
+            actions.record_drop(ctx.events, ctx.session, decision=decision, project_id=ctx.project_id,
+                                conversation=conv, message=msg, new_conversation=work.new_conversation)
             return
+        if decision.reply is not None:
+            await actions.send_auto_reply(ctx.session, ctx.events, decision=decision, conversation=conv,
+                                          contact=work.contact, message=msg, meta=p.inbound.meta, now=ctx.now)
+        if decision.forward is not None:
+            await actions.send_forward(ctx.session, ctx.events, decision=decision, conversation=conv,
+                                       message=msg, now=ctx.now)
+        if decision.queue is None:
+            return  # answered or handed on; the conversation stays open for anyone who looks
         if conv.queue is None or work.new_conversation:
             conv.queue = decision.queue
             conv.priority = decision.priority
@@ -280,10 +300,18 @@ class RouteAndEnqueue:
             if pending is not None:
                 return
         ctx.batch.queued.add(id(conv))
-        work.queue_item = ctx.queue.enqueue(
-            ctx.session, project_id=ctx.project_id, conversation_id=conv.id, message_id=work.message.id,
-            queue=decision.queue, channel=work.message.channel, priority=decision.priority,
+        work.queue_item = item = ctx.queue.enqueue(
+            ctx.session, project_id=ctx.project_id, conversation_id=conv.id, message_id=msg.id,
+            queue=decision.queue, channel=msg.channel, priority=decision.priority,
             skills=decision.skills, sla_due_at=conv.sla_due_at, route=decision.route, now=ctx.now)
+        if decision.preferred is not None:
+            contact_id = work.contact.id if work.contact is not None else None
+            agent_id, until = await actions.resolve_preferred(
+                ctx.session, project_id=ctx.project_id, contact_id=contact_id, preferred=decision.preferred,
+                now=ctx.now)
+            await actions.pin_preferred(ctx.session, item, agent_id, until, decision.preferred)
+            msg.flags = {**msg.flags, "preferred_agent": {"agent_id": agent_id, "until": until.isoformat(),
+                                                          "rule": decision.preferred.rule}}
 
 
 class Announce:

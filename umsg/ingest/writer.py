@@ -1,8 +1,8 @@
 """Group commit: one writer task runs the transactional steps for many messages at once.
 
 Callers hand over a prepared message and wait; the writer takes whatever has
-queued up (up to `batch_max`), runs the steps for all of them, commits once, and only then wakes the callers. The batch is
-optimistic: if any message fails, nothing of it is committed and the
+queued up (up to `batch_max`), runs the steps for all of them, commits once,
+and only then wakes the callers. The batch is optimistic: if any message fails, nothing of it is committed and the
 messages are committed one by one, so only the bad one fails; a commit that
 fails answers its callers with a transient error, so none acknowledges to its peer.
 """
