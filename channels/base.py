@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from storage.db import SessionFactory
 from umsg.errors import ConfigError
 from umsg.model import DeliveryResult, Inbound, IngestResult, Outbound
 
@@ -204,6 +205,10 @@ class ChannelAdapter(ABC, Generic[S]):
     # -- lifecycle ------------------------------------------------------------------------
 
     @abstractmethod
+    def bind_store(self, sessions: SessionFactory) -> None:  # noqa: B027 - optional hook, not abstract
+        """Receive the store before `start`, for adapters that keep durable channel state
+        (IMAP checkpoints, delivery reports); most adapters need nothing and ignore it."""
+
     async def start(self, sink: InboundSink) -> None:
         """Begin receiving; every inbound message goes to `sink` before the peer is acknowledged."""
 

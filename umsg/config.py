@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -320,11 +321,11 @@ def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         if any(s in key.lower() for s in ("password", "secret", "token", "auth")) and value:
             return "***"
-        if "://" in value and "@" in value.split("://", 1)[1]:
-            scheme, rest = value.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}"
+        if "://" in value:
+            parts = urlsplit(value)
+            if parts.password:
+                host = parts.netloc.rsplit("@", 1)[1]
+                return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     return value
 
 

@@ -193,6 +193,7 @@ async def _start_adapters(core: Core, settings: Settings) -> dict[str, ChannelAd
                 log.info("channel disabled", extra={"kv": {"channel": name}})
                 continue
             adapter = registry.build(name, channel_settings)
+            adapter.bind_store(core.sessions)
             await adapter.start(core.ingest.ingest)
             adapters[name] = adapter
             log.info("channel started", extra={"kv": {"channel": name, "type": channel_settings.type}})

@@ -1,0 +1,111 @@
+"""The email adapter: SMTP listener and IMAP mailbox in, relay out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, ClassVar
+
+from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
+from channels.email.compose import compose, sender_address
+from channels.email.imap_poller import ImapPoller
+from channels.email.settings import EmailSettings, email_url_fields
+from channels.email.smtp_sender import send_via_relay
+from channels.email.smtp_server import Handler, start_server
+from channels.email.store import EmailStore
+from storage.db import SessionFactory
+from umsg.errors import PermanentError, TransientError
+from umsg.model import DeliveryResult, Inbound, IngestResult, Outbound
+
+log = logging.getLogger(__name__)
+
+
+class EmailChannel(ChannelAdapter[EmailSettings]):
+    name: ClassVar[str] = "email"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        html=True, subject=True, attachments=True, delivery_receipts=True, threading=True)
+    limits: ClassVar[Limits] = Limits(max_message_bytes=25 * 1024 * 1024)
+    Settings: ClassVar[type[EmailSettings]] = EmailSettings
+    url_schemes: ClassVar[tuple[str, ...]] = ("email",)
+
+    def __init__(self, instance_name: str, settings: EmailSettings) -> None:
+        super().__init__(instance_name, settings)
+        self._store: EmailStore | None = None
+        self._sink: InboundSink | None = None
+        self._server: asyncio.Server | None = None
+        self.handler: Handler | None = None
+        self.poller: ImapPoller | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def url_fields(cls, url: str) -> dict[str, Any]:
+        return email_url_fields(url)
+
+    @property
+    def channel(self) -> str:
+        """The channel name inbound messages carry (and replies are dispatched by)."""
+        return self.settings.channel or "email"
+
+    def bind_store(self, sessions: SessionFactory) -> None:
+        """Give the adapter the store for IMAP checkpoints and delivery reports (before `start`)."""
+        self._store = EmailStore(sessions)
+
+    @property
+    def port(self) -> int | None:
+        """The port the SMTP listener is bound to (useful with port 0)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _ingest(self, inbound: Inbound) -> IngestResult:
+        assert self._sink is not None
+        result = await self._sink(inbound)
+        report = inbound.meta.get("delivery_report")
+        if report and self._store is not None and not result.duplicate:
+            try:
+                await self._store.apply_delivery_report(report)
+            except Exception:  # noqa: BLE001 - the report itself is stored; linking is best effort
+                log.exception("applying the delivery report of message %s failed", result.message_id)
+        return result
+
+    async def start(self, sink: InboundSink) -> None:
+        self._sink = sink
+        self._stop.clear()
+        if self.settings.listen is not None:
+            self.handler = Handler(self.settings, self.channel, self._ingest)
+            self._server = await start_server(self.settings, self.handler)
+            log.info("email channel %s listening for SMTP on port %s", self.instance_name, self.port)
+        if self.settings.imap is not None:
+            if self._store is None:
+                raise TransientError("the IMAP mailbox needs the store: call bind_store() before start()")
+            self.poller = ImapPoller(self.settings, self.channel, self._ingest, self._store)
+            task = asyncio.create_task(self.poller.run(self._stop), name=f"imap-{self.instance_name}")
+            self._tasks.append(task)
+
+    async def send(self, outbound: Outbound) -> DeliveryResult:
+        if not self.settings.relay:
+            raise PermanentError(f"email channel {self.instance_name!r} has no relay configured")
+        msg = compose(outbound, self.settings)
+        return await send_via_relay(
+            msg, self.settings.relay, sender=sender_address(outbound, self.settings),
+            recipient=outbound.recipient, timeout_seconds=self.settings.relay_timeout_seconds)
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()
+            # Sessions in DATA finish (their 250 follows the commit); idle ones are closed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 10)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            try:
+                await asyncio.wait_for(task, self.settings.imap_timeout_seconds)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+            except Exception:  # noqa: BLE001
+                log.exception("imap task ended with an error")
+        self._sink = None

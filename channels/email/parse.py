@@ -1,0 +1,276 @@
+"""One RFC 5322 message (bytes) into `umsg.model.Inbound`.
+
+Parsing is stdlib `email` with `policy.default`; header values and body text
+go through our own charset handling (`charset.py`, `headers.py`) because the
+stdlib's silently loses characters of mislabelled Chinese and Korean mail.
+The raw bytes are always the message's first part; bodies become `text`
+and sanitised `html`; every other leaf becomes a part (inline when the HTML
+shows it by `cid:`); TNEF containers are unpacked; delivery reports and
+automatic mail are described in `meta`. Only a message that can never be
+stored (empty, no sender address anywhere) raises `PermanentError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import errors, policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from channels.email.autoreply import automatic_reason
+from channels.email.charset import decode_text
+from channels.email.dsn import parse_report
+from channels.email.headers import addresses, first_address, header_text, message_ids
+from channels.email.sanitize import sanitize
+from channels.email.thread_hints import build_hints, parse_own_id
+from channels.email.tnef import TnefError, read_tnef
+from umsg.errors import PermanentError
+from umsg.model import Address, IdentityKind, Inbound, InboundPart
+
+RAW_MEDIA_TYPE = "message/rfc822"
+_TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What SMTP (or the IMAP mailbox) knew beyond the headers."""
+
+    mail_from: str | None = None
+    rcpt_tos: tuple[str, ...] = ()
+
+
+@dataclass
+class _Bodies:
+    text: list[str]
+    html: list[str]
+    parts: list[InboundPart]
+    guessed: list[str]
+
+
+# Headers that relays and mailbox servers add on the way; everything else is the author's.
+_TRACE_HEADERS = frozenset({
+    "received", "return-path", "delivered-to", "x-original-to", "received-spf", "authentication-results",
+    "arc-seal", "arc-message-signature", "arc-authentication-results", "x-received", "status", "x-status",
+    "x-uid", "x-keywords", "content-length", "lines",
+})
+
+
+def _dedupe_key(msg_id: str | None, raw: bytes, msg: Message) -> str:
+    # The author's headers and the body (line endings normalised) identify one message whichever
+    # way it came (SMTP retry, IMAP, import), while a sender reusing a Message-ID for different
+    # mail still gets every message stored.
+    sep = raw.find(b"\r\n\r\n")
+    sep = raw.find(b"\n\n") if sep < 0 else sep
+    body = raw[sep:].lstrip(b"\r\n") if sep >= 0 else raw
+    digest = hashlib.sha256(body.replace(b"\r\n", b"\n"))
+    for name, value in msg.raw_items():
+        if name.lower() not in _TRACE_HEADERS:
+            line = f"{name.lower()}:{' '.join(str(value).split())}"
+            digest.update(b"\0" + line.encode("utf-8", "surrogateescape"))
+    if not msg_id:
+        return "sha256:" + digest.hexdigest()
+    return f"{msg_id[:400]}#{digest.hexdigest()[:16]}"
+
+
+def _filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except Exception:  # noqa: BLE001 - a malformed parameter leaves the part unnamed, not lost
+        return None
+    return str(name).strip() or None if name else None
+
+
+def _leaf_bytes(part: Message) -> bytes:
+    if part.get_content_maintype() == "message":
+        inner = part.get_payload()
+        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+            try:
+                return inner[0].as_bytes(policy=policy.compat32.clone(linesep="\r\n"))
+            except Exception:  # noqa: BLE001 - fall back to whatever bytes the part holds
+                pass
+    data = part.get_payload(decode=True)
+    if isinstance(data, bytes):
+        return data
+    payload = part.get_payload()
+    return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+
+
+def _charset(part: Message) -> str | None:
+    try:
+        return part.get_content_charset()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _add_tnef(data: bytes, bodies: _Bodies) -> bool:
+    try:
+        tnef = read_tnef(data)
+    except TnefError:
+        return False
+    for att in tnef.attachments:
+        bodies.parts.append(InboundPart(att.media_type or "application/octet-stream", att.data, att.filename))
+    if tnef.body and not bodies.text:
+        bodies.text.append(tnef.body)
+    return True
+
+
+def _collect(msg: Message) -> _Bodies:
+    bodies = _Bodies([], [], [], [])
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        disposition = (part.get_content_disposition() or "").lower()
+        filename = _filename(part)
+        is_body = disposition != "attachment" and filename is None and ctype in ("text/plain", "text/html")
+        if is_body:
+            raw = part.get_payload(decode=True)
+            data = raw if isinstance(raw, bytes) else b""
+            decoded = decode_text(data, _charset(part))
+            if decoded.guessed:
+                bodies.guessed.append(f"{ctype} declared {_charset(part)!r}, read as {decoded.charset}")
+            (bodies.text if ctype == "text/plain" else bodies.html).append(decoded.text)
+            continue
+        data = _leaf_bytes(part)
+        if ctype in _TNEF_TYPES and _add_tnef(data, bodies):
+            continue
+        cid = str(part.get("Content-ID", "") or "").strip().strip("<>") or None
+        role = "inline" if disposition == "inline" or (cid and disposition != "attachment") else "attachment"
+        bodies.parts.append(InboundPart(ctype, data, filename, cid, role))
+    return bodies
+
+
+def _sent_at(msg: Message) -> datetime | None:
+    value = header_text(msg, "Date")
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+_HEADER_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+def _repair_headers(raw: bytes) -> bytes | None:
+    """The message with a damaged header block mended, or None when nothing could be mended.
+
+    The stdlib stops reading headers at the first line that is not `Name:` (a
+    stray word before a header, `From  :` with spaces) and takes the rest as
+    body, losing From and Subject. Junk lines are dropped and spaced names
+    closed up; the stored raw message keeps the original.
+    """
+    lines = raw.splitlines(keepends=True)
+    out: list[bytes] = []
+    changed = False
+    for i, line in enumerate(lines):
+        if not line.strip():
+            return b"".join(out + lines[i:]) if changed else None
+        if line[:1] in (b" ", b"\t") and out:
+            out.append(line)
+            continue
+        m = _HEADER_LINE.match(line)
+        if m is None:
+            changed = True  # a junk line inside the header block
+            continue
+        if line[m.end(1) : m.end(1) + 1] != b":":
+            line = m.group(1) + b":" + line[m.end() :]
+            changed = True
+        out.append(line)
+    return None
+
+
+def parse_bytes(raw: bytes) -> EmailMessage:
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    if any(isinstance(d, errors.MissingHeaderBodySeparatorDefect) for d in msg.defects):
+        mended = _repair_headers(raw)
+        if mended is not None:
+            msg = BytesParser(policy=policy.default).parsebytes(mended)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def to_inbound(
+    raw: bytes,
+    *,
+    channel: str,
+    project: str = "default",
+    own_domain: str | None = None,
+    envelope: Envelope = Envelope(),
+) -> Inbound:
+    """Parse `raw` into the normalised message; PermanentError names why it can never be stored."""
+    if not raw.strip():
+        raise PermanentError("empty message")
+    msg = parse_bytes(raw)
+    sender = first_address(msg, "From") or first_address(msg, "Sender") or first_address(msg, "Reply-To")
+    if sender is None and envelope.mail_from and "@" in envelope.mail_from:
+        sender = ("", envelope.mail_from)
+    if sender is None:
+        raise PermanentError("no sender address (no usable From, Sender or envelope sender)")
+    recipients = tuple(envelope.rcpt_tos) or tuple(a for _, a in addresses(msg, "To", "Cc"))
+    subject = header_text(msg, "Subject")
+    ids = message_ids(header_text(msg, "Message-ID"))
+    msg_id = f"<{ids[0]}>" if ids else None
+    bodies = _collect(msg)
+    meta: dict[str, Any] = {}
+    html: str | None = None
+    if bodies.html:
+        cids = frozenset(p.content_id for p in bodies.parts if p.content_id)
+        safe = sanitize("\n".join(bodies.html), cids)
+        html = safe.html
+        if safe.remote_images:
+            meta["remote_images"] = list(safe.remote_images)
+        shown = set(safe.inline_refs)
+        bodies.parts = [
+            InboundPart(p.media_type, p.data, p.filename, p.content_id,
+                        "inline" if p.content_id in shown else p.role)
+            for p in bodies.parts
+        ]
+    if bodies.guessed:
+        meta["charset_guessed"] = bodies.guessed
+    reason = automatic_reason(msg, own_domain, sender[1])
+    if reason:
+        meta["auto_submitted"] = True
+        meta["auto_submitted_reason"] = reason
+    report = parse_report(msg)
+    if report is not None:
+        dsn = report.as_meta()
+        own = parse_own_id(report.original_message_id, own_domain) if (
+            report.original_message_id and own_domain) else None
+        if own is not None:
+            dsn["outbound_message_id"] = own[0]
+        meta["delivery_report"] = dsn
+    hints = build_hints(
+        message_id=msg_id,
+        in_reply_to=message_ids(header_text(msg, "In-Reply-To")),
+        references=message_ids(header_text(msg, "References")),
+        recipients=recipients,
+        subject=subject,
+        own_domain=own_domain,
+        # A bounce belongs with the message it returns.
+        reported=report.original_message_id if report is not None else None,
+    )
+    return Inbound(
+        channel=channel,
+        sender=Address(IdentityKind.EMAIL, sender[1], sender[0] or None),
+        recipients=recipients,
+        dedupe_key=_dedupe_key(msg_id, raw, msg),
+        raw=raw,
+        raw_media_type=RAW_MEDIA_TYPE,
+        subject=subject,
+        text="\n".join(bodies.text) if bodies.text else None,
+        html=html,
+        parts=tuple(bodies.parts),
+        provider_id=msg_id[:200] if msg_id else None,
+        sent_at=_sent_at(msg),
+        thread=hints,
+        project=project,
+        meta=meta,
+    )

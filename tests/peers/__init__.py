@@ -1,0 +1,1 @@
+"""Helpers that start real local peers (Postfix, Dovecot) for integration tests."""
