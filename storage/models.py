@@ -330,3 +330,47 @@ class ChannelState(Base):
     key: Mapped[str] = mapped_column(String(300))
     value: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AgentQueue(Base):
+    """An agent's membership in a queue of a project; `rank` orders agents for fixed-order routing.
+
+    An agent with no rows for a project serves every queue of that project."""
+
+    __tablename__ = "agent_queue"
+    agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("project.id"), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(100), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RouterOffer(Base):
+    """An offer of a queue item to an agent: a lease with a timeout, settled exactly once."""
+
+    __tablename__ = "router_offer"
+    __table_args__ = (
+        Index("ix_router_offer_item_status", "item_id", "status"),
+        Index("ix_router_offer_conversation", "conversation_id", "status"),
+    )
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    item_id: Mapped[int] = mapped_column(BigId, ForeignKey("queue_item.id"))
+    conversation_id: Mapped[int] = mapped_column(BigId, ForeignKey("conversation.id"))
+    agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"), index=True)
+    # offered | accepted | declined | timed_out | revoked
+    status: Mapped[str] = mapped_column(String(16), default="offered")
+    why: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    decided_at: Mapped[datetime | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(String(100))
+
+
+class RouterPin(Base):
+    """A waiting item reserved for one agent until `until` (transfer to an agent, last agent)."""
+
+    __tablename__ = "router_pin"
+    item_id: Mapped[int] = mapped_column(BigId, ForeignKey("queue_item.id"), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"))
+    until: Mapped[datetime] = mapped_column()
+    kind: Mapped[str] = mapped_column(String(16))  # transfer | last_agent

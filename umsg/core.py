@@ -24,7 +24,8 @@ from umsg.config import Settings
 from umsg.events import EventLog
 from umsg.ingest import Ingestor
 from umsg.queue import Queue
-from umsg.routes import RouteTable
+from umsg.router.service import RouterService
+from umsg.routing.book import RouteBook
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,12 @@ class Core:
     readers: SessionFactory
     blobs: BlobStore
     converters: ConverterRegistry
-    routes: RouteTable
+    routes: RouteBook
     events: EventLog
     queue: Queue
     ingest: Ingestor
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+    router: RouterService = field(init=False)
 
     @classmethod
     async def open(cls, settings: Settings, migrate: bool | None = None) -> Core:
@@ -55,11 +57,13 @@ class Core:
         readers = read_session_factory(engine)
         blobs = BlobStore(settings.blob_dir)
         converters = default_converters(settings.converters)
-        routes = RouteTable.from_settings(settings.routes)
+        routes = RouteBook.from_settings(settings)
         events = EventLog(sessions, readers)
         queue = Queue(sessions, events, settings.queue, readers=readers)
         ingest = Ingestor(sessions, readers, blobs, converters, routes, events, queue, settings.ingest)
         core = cls(settings, engine, sessions, readers, blobs, converters, routes, events, queue, ingest)
+        core.router = RouterService(sessions, readers, events, engine, settings.router,
+                                    schema=settings.database.schema_name)
         if settings.instance_id:
             core.instance_id = settings.instance_id
         await core.ensure_project(settings.project)

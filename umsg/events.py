@@ -42,6 +42,11 @@ KINDS = frozenset(
         "agent.state",
         "message.dropped",
         "routes.updated",
+        "router.offered",
+        "router.accepted",
+        "router.declined",
+        "router.timed_out",
+        "router.agent",
     }
 )
 

@@ -137,6 +137,8 @@ async def put_agent_state(ctx: Ctx) -> web.StreamResponse:
     agent_id = ctx.path_id("agent")
     if me.role == "agent" and me.agent_id != agent_id:
         raise forbidden("an agent token may only change its own state")
+    if (problem := ctx.core.settings.router.check_reason(body.state, body.reason)) is not None:
+        raise invalid([{"field": "body.reason", "message": problem}])
     async with ctx.core.sessions() as s:
         agent = await _load(s, me, agent_id)
         if agent.state == body.state and agent.state_reason == body.reason:
