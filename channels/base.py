@@ -204,11 +204,11 @@ class ChannelAdapter(ABC, Generic[S]):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    @abstractmethod
     def bind_store(self, sessions: SessionFactory) -> None:  # noqa: B027 - optional hook, not abstract
         """Receive the store before `start`, for adapters that keep durable channel state
         (IMAP checkpoints, delivery reports); most adapters need nothing and ignore it."""
 
+    @abstractmethod
     async def start(self, sink: InboundSink) -> None:
         """Begin receiving; every inbound message goes to `sink` before the peer is acknowledged."""
 

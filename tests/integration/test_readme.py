@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # The interpreter behind this venv: a plain Python 3.11, like the fresh machine's.
 PYTHON_DIR = str(Path(sys.executable).resolve().parent)
-LISTENING = re.compile(r"umsg listening on (http://\S+)")
+LISTENING = re.compile(r"umsg listening on (http://[\w.:\[\]-]+)")
 
 
 def readme_commands() -> list[str]:
