@@ -29,11 +29,50 @@ class BlobStore:
 
     def put_sync(self, data: bytes) -> str:
         """Write `data` durably and return its sha256 (blocking; use `put` from async code)."""
-        digest = hashlib.sha256(data).hexdigest()
-        final = self.path_for(digest)
-        if final.exists():
-            return digest
-        final.parent.mkdir(parents=True, exist_ok=True)
+        return self.put_many_sync([data])[0]
+
+    async def put(self, data: bytes) -> str:
+        return await asyncio.to_thread(self.put_sync, data)
+
+    def put_many_sync(self, blobs: list[bytes]) -> list[str]:
+        """Write every blob durably; return their sha256 digests in order.
+
+        All files are fsynced and renamed first, then each folder touched is
+        fsynced once: one message's blobs cost one thread hop and no repeated
+        folder fsync. A folder created here is made durable in its parent too,
+        or a crash could lose the folder entry and with it a committed blob.
+        """
+        digests = [hashlib.sha256(b).hexdigest() for b in blobs]
+        dirty: dict[Path, None] = {}  # folders to fsync, each once
+        written: set[str] = set()
+        for digest, data in zip(digests, blobs, strict=True):
+            final = self.path_for(digest)
+            if digest not in written and not final.exists():
+                self._make_parents(final.parent, dirty)
+                self._write_file(final, data)
+                written.add(digest)
+            # Also when the blob exists: a concurrent writer may have renamed it
+            # but not yet fsynced the folder, and our row must not outrun that.
+            dirty[final.parent] = None
+        if self.fsync:
+            for folder in dirty:
+                _fsync_dir(folder)
+        return digests
+
+    async def put_many(self, blobs: list[bytes]) -> list[str]:
+        return await asyncio.to_thread(self.put_many_sync, blobs)
+
+    def _make_parents(self, folder: Path, dirty: dict[Path, None]) -> None:
+        if folder.is_dir():
+            return
+        for d in (folder.parent, folder):  # root/ab, then root/ab/cd
+            if not d.is_dir():
+                # The new entry lives in the parent folder: fsync that even if another
+                # writer wins the race to create it, as it may not have fsynced yet.
+                d.mkdir(exist_ok=True)
+                dirty[d.parent] = None
+
+    def _write_file(self, final: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -48,22 +87,6 @@ class BlobStore:
             except FileNotFoundError:
                 pass
             raise
-        if self.fsync:
-            dir_fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return digest
-
-    async def put(self, data: bytes) -> str:
-        return await asyncio.to_thread(self.put_sync, data)
-
-    def put_many_sync(self, blobs: list[bytes]) -> list[str]:
-        return [self.put_sync(b) for b in blobs]
-
-    async def put_many(self, blobs: list[bytes]) -> list[str]:
-        return await asyncio.to_thread(self.put_many_sync, blobs)
 
     def get_sync(self, sha256: str) -> bytes:
         return self.path_for(sha256).read_bytes()
@@ -73,3 +96,11 @@ class BlobStore:
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists()
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -18,7 +18,7 @@ from storage.models import Project
 from umsg.config import IngestSettings
 from umsg.errors import PermanentError
 from umsg.events import EventLog
-from umsg.ingest.prepare import make_pool, prepare
+from umsg.ingest.prepare import conversion_jobs, make_pool, prepare, runs_inline
 from umsg.ingest.steps import BUILD_STEPS, LINK_STEPS, BatchState, Ctx, Step, find_duplicate
 from umsg.ingest.writer import GroupWriter
 from umsg.model import Inbound, IngestResult
@@ -83,14 +83,16 @@ class Ingestor:
         `duplicate=True` and changes nothing.
         """
         project_id = await self.project_id(inbound.project)
-        if self._converters.wanted(inbound.parts):
-            # A retry of a message with conversions would redo that work before the
-            # writer spots the duplicate: answer it early. The unique key still
+        jobs = conversion_jobs(inbound, self._converters)
+        if jobs and not runs_inline(inbound, jobs):
+            # A retry of a message with heavy conversions would redo that work before
+            # the writer spots the duplicate: answer it early. Small conversions cost
+            # less than this extra read, so they skip it. The unique key still
             # guards the race inside the transaction.
             async with self._readers() as s:
                 existing = await find_duplicate(s, project_id, inbound.channel, inbound.dedupe_key)
             if existing is not None:
                 self._writer.stats["duplicates"] += 1
                 return IngestResult(existing.id, existing.conversation_id, existing.contact_id, duplicate=True)
-        prepared = await prepare(inbound, self._settings, self._blobs, self._converters, self._pool)
+        prepared = await prepare(inbound, self._settings, self._blobs, jobs, self._pool)
         return await self._writer.submit(prepared, project_id)

@@ -20,6 +20,7 @@ from storage.db import SessionFactory
 from storage.types import utcnow
 from umsg.config import IngestSettings
 from umsg.errors import TransientError, UmsgError
+from umsg.ingest import ids
 from umsg.ingest.prepare import Prepared
 from umsg.ingest.steps import BatchState, Ctx, DuplicateMessage, Step, Work
 from umsg.model import IngestResult
@@ -131,6 +132,7 @@ class GroupWriter:
         outcomes: list[tuple[_Pending, Work | DuplicateMessage]] = []
         try:
             async with self._sessions(autoflush=False) as session, session.begin():
+                ids.install(session)
                 now = utcnow()
                 state = BatchState()
                 await state.prefetch(session, ((p.project_id, p.prepared) for p in batch))
