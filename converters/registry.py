@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import Any
 
 from converters.base import Converter
 from converters.html_text import HtmlToText
@@ -32,10 +31,6 @@ class ConverterRegistry:
     def for_media_type(self, media_type: str) -> list[Converter]:
         base = media_type.split(";", 1)[0].strip().lower()
         return [c for c in self._by_name.values() if base in c.accepts]
-
-    def wanted(self, parts: Iterable[Any]) -> bool:
-        """Whether any of `parts` (objects with a `media_type`) has a converter."""
-        return any(self.for_media_type(p.media_type) for p in parts)
 
     @property
     def names(self) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -47,6 +46,3 @@ async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
         return await conn.run_sync(_cur)
 
-
-def upgrade_blocking(engine: AsyncEngine, url: str, schema: str | None = None) -> None:
-    asyncio.run(upgrade(engine, url, schema))

@@ -18,7 +18,7 @@ from storage.models import Project
 from umsg.config import IngestSettings
 from umsg.errors import PermanentError
 from umsg.events import EventLog
-from umsg.ingest.prepare import conversion_jobs, make_pool, prepare, runs_inline
+from umsg.ingest.prepare import conversion_jobs, make_pool, prepare, runs_inline, validate
 from umsg.ingest.steps import BUILD_STEPS, LINK_STEPS, BatchState, Ctx, Step, find_duplicate
 from umsg.ingest.writer import GroupWriter
 from umsg.model import Inbound, IngestResult
@@ -82,6 +82,7 @@ class Ingestor:
         A retry of a message already stored returns the stored one with
         `duplicate=True` and changes nothing.
         """
+        sender = validate(inbound, self._settings)  # refuse bad input before any I/O
         project_id = await self.project_id(inbound.project)
         jobs = conversion_jobs(inbound, self._converters)
         if jobs and not runs_inline(inbound, jobs):
@@ -94,5 +95,5 @@ class Ingestor:
             if existing is not None:
                 self._writer.stats["duplicates"] += 1
                 return IngestResult(existing.id, existing.conversation_id, existing.contact_id, duplicate=True)
-        prepared = await prepare(inbound, self._settings, self._blobs, jobs, self._pool)
+        prepared = await prepare(inbound, sender, self._blobs, jobs, self._pool)
         return await self._writer.submit(prepared, project_id)

@@ -82,15 +82,19 @@ class _Derived:
     outputs: list[tuple[int, str, Converted | None, str | None]]  # part, converter, output, error
 
 
-def _derive(jobs: list[_Job], html: str | None) -> _Derived:
-    """Runs in a worker process: every conversion of one message plus HTML sanitising."""
+def _derive(jobs: list[_Job], html: str | None, want_text: bool) -> _Derived:
+    """Every conversion of one message plus HTML sanitising (in a worker process when large).
+
+    The plain-text rendering of the HTML is made only when the channel gave no text.
+    """
     outputs: list[tuple[int, str, Converted | None, str | None]] = []
     for job in jobs:
         try:
             outputs.append((job.part_index, job.converter.name, job.converter.convert(job.data, job.filename), None))
         except Exception as exc:  # a converter failure must never lose the message
             outputs.append((job.part_index, job.converter.name, None, f"{type(exc).__name__}: {exc}"))
-    return _Derived(nh3.clean(html) if html else None, html_to_text(html) if html else None, outputs)
+    return _Derived(nh3.clean(html) if html else None, html_to_text(html) if html and want_text else None,
+                    outputs)
 
 
 def make_pool(workers: int) -> Executor:
@@ -147,17 +151,17 @@ def _write_blobs(inbound: Inbound, derived: _Derived, blobs: BlobStore) -> tuple
     return stored, errors
 
 
-async def prepare(inbound: Inbound, settings: IngestSettings, blobs: BlobStore,
-                  jobs: list[_Job], pool: Executor | None) -> Prepared:
-    """Validate, run the conversions `jobs`, and write every blob; no database access."""
-    sender = validate(inbound, settings)
+async def prepare(inbound: Inbound, sender: str, blobs: BlobStore, jobs: list[_Job],
+                  pool: Executor | None) -> Prepared:
+    """Run the conversions `jobs` and write every blob of a validated message; no database access."""
     derived = _Derived(None, None, [])
+    want_text = inbound.text is None
     if jobs or inbound.html:
         if runs_inline(inbound, jobs):
-            derived = _derive(jobs, inbound.html)
+            derived = _derive(jobs, inbound.html, want_text)
         else:
             loop = asyncio.get_running_loop()
-            derived = await loop.run_in_executor(pool, _derive, jobs, inbound.html)
+            derived = await loop.run_in_executor(pool, _derive, jobs, inbound.html, want_text)
     stored, errors = await asyncio.to_thread(_write_blobs, inbound, derived, blobs)
     text = inbound.text
     if text is None:
