@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from storage.db import SessionFactory
 from umsg.errors import ConfigError
 from umsg.model import DeliveryResult, Inbound, IngestResult, Outbound
+
+if TYPE_CHECKING:
+    from umsg.services import ChannelServices
 
 InboundSink = Callable[[Inbound], Awaitable[IngestResult]]
 
@@ -204,9 +208,31 @@ class ChannelAdapter(ABC, Generic[S]):
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def bind(self, services: ChannelServices) -> None:
+        """Receive the core's services (umsg/services.py) before `start`.
+
+        The default hands the store to `bind_store`; adapters that queue mail, read blobs,
+        consult routes or report deliveries override this and keep what they need.
+        """
+        self.bind_store(services.sessions)
+
     def bind_store(self, sessions: SessionFactory) -> None:  # noqa: B027 - optional hook, not abstract
         """Receive the store before `start`, for adapters that keep durable channel state
         (IMAP checkpoints, delivery reports); most adapters need nothing and ignore it."""
+
+    def bind_peers(self, adapters: Mapping[str, ChannelAdapter[Any]]) -> None:  # noqa: B027 - optional hook
+        """Receive every configured adapter by instance name, after all were built and before
+        `start`: for the rare channel that hands work to another (a voicemail number passing
+        a fax machine to the fax channel). Raise ConfigError when a named peer is missing."""
+
+    def web_routes(self) -> Sequence[web.RouteDef]:
+        """HTTP routes the adapter serves itself (provider webhooks, chat websockets).
+
+        The web app mounts them under `/channels/<instance>/` outside the API's token auth:
+        the adapter authenticates its own callers (a provider signature, a visitor token).
+        Most adapters serve nothing here.
+        """
+        return ()
 
     @abstractmethod
     async def start(self, sink: InboundSink) -> None:

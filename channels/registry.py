@@ -29,6 +29,11 @@ BUILTINS: Mapping[str, str] = MappingProxyType(
     {
         "webhook": "channels.webhook:WebhookChannel",
         "email": "channels.email:EmailChannel",
+        "voicemail": "channels.voicemail:VoicemailChannel",
+        "webchat": "channels.webchat:WebchatChannel",
+        "sms": "channels.sms:SmsChannel",
+        "twilio": "channels.sms.twilio:TwilioChannel",
+        "fax": "channels.fax:FaxChannel",
     }
 )
 

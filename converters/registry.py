@@ -6,12 +6,20 @@ import difflib
 from collections.abc import Iterable
 
 from converters.base import Converter
+from converters.fax_render import FaxRender
+from converters.fax_thumb import FaxThumbnail
 from converters.html_text import HtmlToText
+from converters.tiff_pdf import TiffToPdf
+from converters.wav_mp3 import WavToMp3
 from umsg.errors import ConfigError
 
 # Built-ins by name; later issues add fax-to-pdf, voicemail-to-mp3 and friends here.
 BUILTINS: dict[str, type[Converter]] = {
     HtmlToText.name: HtmlToText,
+    TiffToPdf.name: TiffToPdf,
+    FaxThumbnail.name: FaxThumbnail,
+    FaxRender.name: FaxRender,
+    WavToMp3.name: WavToMp3,
 }
 
 

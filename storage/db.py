@@ -11,10 +11,18 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 SessionFactory = async_sessionmaker[AsyncSession]
 READ_ONLY_OPTION = "umsg_read_only"
+# A connection that sends its own BEGIN IMMEDIATE (`begin_immediate`) on SQLite.
+OWN_BEGIN_OPTION = "umsg_own_begin"
 
 
 def normalise_url(url: str) -> str:
@@ -69,8 +77,10 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
         # IMMEDIATE takes the write lock up front (waiting up to busy_timeout),
         # so concurrent writers queue instead of failing on lock upgrade.
         # Sessions from `read_session_factory` only read and need no lock.
-        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        if options.get(OWN_BEGIN_OPTION, False):
+            return
+        conn.exec_driver_sql("BEGIN" if options.get(READ_ONLY_OPTION, False) else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:
@@ -80,3 +90,28 @@ def session_factory(engine: AsyncEngine) -> SessionFactory:
 def read_session_factory(engine: AsyncEngine) -> SessionFactory:
     """Sessions for queries that never write: on SQLite they take no write lock."""
     return async_sessionmaker(engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
+
+
+async def writer_connection(engine: AsyncEngine) -> AsyncConnection:
+    """A connection for a long-lived writer: start each transaction with `begin_immediate`.
+
+    Holding it saves the pool checkout and the reset on return (a ROLLBACK, or on
+    PostgreSQL also the pre-ping) on every transaction.
+    """
+    conn = await engine.connect()
+    return await conn.execution_options(**{OWN_BEGIN_OPTION: True})
+
+
+async def begin_immediate(conn: AsyncConnection) -> None:
+    """Take SQLite's write lock for the transaction `conn.begin()` just opened (no-op elsewhere).
+
+    Sent straight to the driver: through SQLAlchemy's `exec_driver_sql` the
+    statement costs three hops to aiosqlite's thread (cursor, execute, close),
+    each a wait for that thread and back on a busy event loop; this is one.
+    """
+    if conn.dialect.name != "sqlite":
+        return
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.execute("BEGIN IMMEDIATE")

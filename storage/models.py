@@ -374,3 +374,58 @@ class RouterPin(Base):
     agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"))
     until: Mapped[datetime] = mapped_column()
     kind: Mapped[str] = mapped_column(String(16))  # transfer | last_agent
+
+
+class ProviderRef(Base):
+    """An id a peer gave one of our outgoing messages (SMSC message_id, relay queue id, fax job).
+
+    Written as soon as the peer answers, before its delivery report can arrive, so a receipt
+    always finds its message; one message may have several (the parts of a long SMS)."""
+
+    __tablename__ = "provider_ref"
+    __table_args__ = (UniqueConstraint("channel", "provider_id"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    channel: Mapped[str] = mapped_column(String(100))
+    provider_id: Mapped[str] = mapped_column(String(200))
+    message_id: Mapped[int] = mapped_column(BigId, ForeignKey("message.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- web chat and the agents' inbox (issue 5): tables go below, migration 0005 ----------------
+
+
+class CannedResponse(Base):
+    """A reusable answer an agent inserts in the composer; `{{contact.name}}`-style variables
+    are filled in by the inbox at insertion time, so the stored body stays a template."""
+
+    __tablename__ = "canned_response"
+    __table_args__ = (UniqueConstraint("project_id", "title"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WrapupCode(Base):
+    """A code an agent picks when closing a conversation (the outcome, for reporting)."""
+
+    __tablename__ = "wrapup_code"
+    __table_args__ = (UniqueConstraint("project_id", "code"),)
+    id: Mapped[int] = _pk()
+    project_id: Mapped[int] = _project_fk()
+    code: Mapped[str] = mapped_column(String(100))
+    label: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- SMS (issue 6): tables go below, migration 0006 -------------------------------------------
+
+
+# -- telephony and voicemail (issue 7): tables go below, migration 0007 -----------------------
+
+
+# -- fax (issue 8): tables go below, migration 0008 -------------------------------------------

@@ -282,7 +282,11 @@ class Settings(_Strict):
     ingest: IngestSettings = IngestSettings()
     queue: QueueSettings = QueueSettings()
     router: RouterSettings = RouterSettings()
-    converters: list[str] = Field(default_factory=lambda: ["html-to-text"])
+    # Derived parts made on ingest: readable text from HTML, a PDF and a thumbnail for fax
+    # TIFFs, an MP3 for recordings. `fax-render` is for outgoing faxes only, never listed here.
+    converters: list[str] = Field(
+        default_factory=lambda: ["html-to-text", "fax-to-pdf", "fax-thumbnail", "wav-to-mp3"]
+    )
     routes: list[RouteSettings] = Field(default_factory=list)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
 

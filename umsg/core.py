@@ -23,9 +23,12 @@ from storage.models import Project
 from umsg.config import Settings
 from umsg.events import EventLog
 from umsg.ingest import Ingestor
+from umsg.outbound import Outbox
 from umsg.queue import Queue
+from umsg.reports import DeliveryReports
 from umsg.router.service import RouterService
 from umsg.routing.book import RouteBook
+from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class Core:
     ingest: Ingestor
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     router: RouterService = field(init=False)
+    outbox: Outbox = field(init=False)
+    reports: DeliveryReports = field(init=False)
 
     @classmethod
     async def open(cls, settings: Settings, migrate: bool | None = None) -> Core:
@@ -64,6 +69,8 @@ class Core:
         core = cls(settings, engine, sessions, readers, blobs, converters, routes, events, queue, ingest)
         core.router = RouterService(sessions, readers, events, engine, settings.router,
                                     schema=settings.database.schema_name)
+        core.outbox = Outbox(sessions, events, blobs=blobs)
+        core.reports = DeliveryReports(sessions, events)
         if settings.instance_id:
             core.instance_id = settings.instance_id
         await core.ensure_project(settings.project)
@@ -86,6 +93,14 @@ class Core:
                     raise
                 return pid
             return p.id
+
+    def channel_services(self) -> ChannelServices:
+        """What channel adapters may use of the core (see umsg/services.py)."""
+        return ChannelServices(
+            sessions=self.sessions, readers=self.readers, blobs=self.blobs, routes=self.routes,
+            events=self.events, outbox=self.outbox, reports=self.reports,
+            public_url=self.settings.http.public_url or "", default_project=self.settings.project,
+        )
 
     async def start(self) -> None:
         await self.ingest.start()

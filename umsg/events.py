@@ -5,7 +5,8 @@ claimed, a contact merged) adds an `Event` row inside its own transaction, so
 an event exists exactly when its change committed. Readers (the websocket
 feed, other processes) page through the log by id with `since`. Within one
 process, `notify()` after a commit wakes `wait()`ers immediately; other
-processes see the rows on their next poll.
+processes see the rows on their next poll. Live consumers in a process share one reader
+through `subscribe` (see `umsg.event_fanout`) instead of each paging the log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.orm import aliased
 from storage.db import SessionFactory, read_session_factory
 from storage.models import Event
 from storage.types import utcnow
+from umsg.event_fanout import EventFanout, Subscription
 
 # The kinds the core writes (see docs/CONTRACTS.md); other components may add their own.
 KINDS = frozenset(
@@ -104,6 +106,17 @@ class EventLog:
         self._clock = clock
         # Created on first use so that constructing an EventLog needs no running loop.
         self._changed: asyncio.Event | None = None
+        self._fanout: EventFanout | None = None
+
+    async def subscribe(self, after: int, project_ids: Collection[int] | None = None) -> Subscription:
+        """A live cursor over events with id > `after`, served by this process's one reader.
+
+        `project_ids` filters as in `since`. Close it (`aclose()` or `async with`) when done:
+        the last subscriber to leave stops the reader.
+        """
+        if self._fanout is None:
+            self._fanout = EventFanout(self)
+        return await self._fanout.join(after, project_ids)
 
     def add(
         self,

@@ -186,17 +186,23 @@ async def _bounded(what: str, aw: Awaitable[Any]) -> None:
 
 async def _start_adapters(core: Core, settings: Settings) -> dict[str, ChannelAdapter[Any]]:
     registry = ChannelRegistry()
+    built: dict[str, ChannelAdapter[Any]] = {}
+    for name, channel_settings in settings.channels.items():
+        if not channel_settings.enabled:
+            log.info("channel disabled", extra={"kv": {"channel": name}})
+            continue
+        adapter = registry.build(name, channel_settings)
+        adapter.bind(core.channel_services())
+        built[name] = adapter
+    # Every adapter exists before any starts, so one may hand calls to another (voicemail → fax).
+    for adapter in built.values():
+        adapter.bind_peers(built)
     adapters: dict[str, ChannelAdapter[Any]] = {}
     try:
-        for name, channel_settings in settings.channels.items():
-            if not channel_settings.enabled:
-                log.info("channel disabled", extra={"kv": {"channel": name}})
-                continue
-            adapter = registry.build(name, channel_settings)
-            adapter.bind_store(core.sessions)
+        for name, adapter in built.items():
             await adapter.start(core.ingest.ingest)
             adapters[name] = adapter
-            log.info("channel started", extra={"kv": {"channel": name, "type": channel_settings.type}})
+            log.info("channel started", extra={"kv": {"channel": name, "type": adapter.name}})
     except BaseException:
         for adapter in reversed(list(adapters.values())):
             await _bounded("close adapter", adapter.aclose())
@@ -260,7 +266,8 @@ async def _serve(
     ready: Callable[[str], None] | None,
 ) -> None:
     settings = core.settings
-    dispatcher = Dispatcher(core.sessions, core.events, adapters, core.instance_id)
+    dispatcher = Dispatcher(core.sessions, core.events, adapters, core.instance_id, blobs=core.blobs,
+                            readers=core.readers)
     tasks = [
         asyncio.create_task(supervise("lease-sweeper", lambda: sweep_leases(core, stop), stop)),
         asyncio.create_task(supervise("dispatcher", lambda: dispatcher.run(stop), stop)),

@@ -136,3 +136,58 @@ async def test_reader_never_skips_an_event_still_committing(core: Core) -> None:
     assert await core.events.since(late.id) == []
     later = EventLog(core.sessions, clock=lambda: utcnow() + GAP_GRACE + timedelta(seconds=1))
     assert [e.id for e in await later.since(late.id)] == [after_gap.id]
+
+
+async def _collect(sub: object, count: int) -> list[int]:
+    """Payload `n`s from a subscription until `count` have come (fails after 10 s)."""
+    from umsg.event_fanout import Subscription
+
+    assert isinstance(sub, Subscription)
+    got: list[int] = []
+    async with asyncio.timeout(10):
+        while len(got) < count:
+            got += [e.payload["n"] for e in await sub.next(1.0)]
+    return got
+
+
+async def test_subscriptions_share_one_reader_and_see_only_their_projects(core: Core) -> None:
+    alpha = await core.ensure_project("alpha")
+    beta = await core.ensure_project("beta")
+    start = await core.events.latest_id()
+    subs = [await core.events.subscribe(start, ids) for ids in ([alpha], [beta], None, [])]
+    readers = [t for t in asyncio.all_tasks() if t.get_name() == "umsg-event-fanout"]
+    assert len(readers) == 1
+    async with core.sessions() as s:
+        for n in range(6):
+            add_event(s, alpha if n % 2 == 0 else beta, "message.created", {"n": n})
+        add_event(s, None, "agent.state", {"n": 6})
+        await s.commit()
+    core.events.notify()
+    assert await _collect(subs[0], 3) == [0, 2, 4]
+    assert await _collect(subs[1], 3) == [1, 3, 5]
+    assert await _collect(subs[2], 7) == [0, 1, 2, 3, 4, 5, 6]
+    assert await subs[3].next(0.2) == []
+    # The cursor moves past what the subscriber may not see: a resume from it misses nothing.
+    assert subs[0].cursor == subs[2].cursor
+    for sub in subs:
+        await sub.aclose()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "umsg-event-fanout"]
+
+
+async def test_a_subscriber_behind_the_buffer_pages_the_store(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    from umsg import event_fanout
+
+    monkeypatch.setattr(event_fanout, "BUFFER", 2)
+    start = await core.events.latest_id()
+    pid = await core.ensure_project("default")
+    async with await core.events.subscribe(start) as live:
+        for n in range(12):
+            async with core.sessions() as s:
+                add_event(s, pid, "message.created", {"n": n})
+                await s.commit()
+            core.events.notify()
+        assert await _collect(live, 12) == list(range(12))
+        # The buffer now holds the last few only; an old cursor is served from the store, once each.
+        async with await core.events.subscribe(start, [pid]) as late:
+            assert await _collect(late, 12) == list(range(12))
+            assert await late.next(0.2) == []

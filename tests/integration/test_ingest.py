@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from converters.base import Converted
 from storage.models import Contact, Conversation, Event, Identity, Message, Part, QueueItem
 from umsg.core import Core
-from umsg.errors import PermanentError
+from umsg.errors import PermanentError, TransientError
 from umsg.model import Address, IdentityKind, Inbound, InboundPart, ThreadHints
 
 
@@ -205,3 +205,24 @@ async def test_drop_route_stores_but_does_not_enqueue(make_settings: Any) -> Non
         assert conv is not None and conv.sla_due_at is not None
     finally:
         await core.aclose()
+
+
+async def test_a_blob_that_cannot_be_written_fails_only_its_message_and_commits_nothing_of_it(
+        core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The writer writes small blobs while the batch's transaction runs; COMMIT must wait for them.
+    real = core.blobs.put_many_sync
+
+    def flaky(blobs: list[bytes]) -> list[str]:
+        if any(b"poison" in b for b in blobs):
+            raise OSError(28, "No space left on device")
+        return real(blobs)
+
+    monkeypatch.setattr(core.blobs, "put_many_sync", flaky)
+    messages = [inbound(f"b{i}", raw=b"poison" if i == 2 else f"raw of b{i}".encode()) for i in range(5)]
+    results = await asyncio.gather(*(core.ingest.ingest(m) for m in messages), return_exceptions=True)
+    assert isinstance(results[2], TransientError)
+    assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 2)
+    assert await count(core, Message, Message.dedupe_key == "b2") == 0
+    async with core.sessions() as s:
+        shas = (await s.scalars(select(Part.sha256))).all()
+    assert len(shas) == 4 and all(core.blobs.exists(sha) for sha in shas)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from channels.webhook import WebhookChannel, WebhookSettings, verify
 from storage.db import create_engine, session_factory
-from storage.models import Identity, Job, Message
+from storage.models import Identity, Job, Message, ThreadRef
 from storage.types import utcnow
 from umsg.core import Core
 from umsg.dispatch import Dispatcher
@@ -441,3 +441,86 @@ async def test_reply_refusals(core: Core, pid: int) -> None:
         outgoing = (await s.scalars(select(Message.id).where(Message.direction == "out"))).all()
         jobs = (await s.scalars(select(Job.id))).all()
     assert list(outgoing) == [explicit.id] and len(jobs) == 1  # refused replies left nothing behind
+
+
+# -- batches: claimed, loaded and recorded together --------------------------------------------------
+
+
+async def test_a_batch_is_loaded_and_recorded_together(core: Core, pid: int) -> None:
+    first = await email_conversation(core)
+    second = await email_conversation(core, "bob@example.com")
+    async with core.sessions() as s:
+        s.add_all(ThreadRef(project_id=pid, conversation_id=first.conversation_id, value=f"<r{n}@x>")
+                  for n in range(25))
+        await s.commit()
+    outbox = Outbox(core.sessions, core.events)
+    ids = [(await outbox.reply(project_id=pid, conversation_id=c, text=str(n))).id
+           for n, c in enumerate([first.conversation_id, second.conversation_id, first.conversation_id])]
+    adapter = ScriptedAdapter(
+        DeliveryResult(DeliveryStatus.ACCEPTED, provider_id="p1"),
+        DeliveryResult(DeliveryStatus.TRANSIENT_FAILURE, detail="421 later"),
+        DeliveryResult(DeliveryStatus.PERMANENT_FAILURE, detail="550 gone"),
+    )
+    t = later(0)
+    assert await Dispatcher(core.sessions, core.events, {"email": adapter}, "d", readers=core.readers,
+                            batch=8).run_once(now=t) == 3
+
+    assert [o.message_id for o in adapter.sent] == ids  # in the order they were queued
+    refs = [o.thread.refs for o in adapter.sent]
+    assert refs[0] == refs[2] == tuple(f"<r{n}@x>" for n in range(5, 25))  # the newest 20, oldest first
+    assert "<r0@x>" not in refs[1] and adapter.sent[0].thread.conversation_token
+    assert adapter.sent[1].thread.conversation_token not in (None, adapter.sent[0].thread.conversation_token)
+    assert [o.meta["attempt"] for o in adapter.sent] == [0, 0, 0]
+    states = [(m.status, m.status_detail, m.provider_id) for m in [await message(core, i) for i in ids]]
+    assert states == [("sent", None, "p1"), ("queued", "retrying after attempt 1: 421 later", None),
+                      ("failed", "550 gone", None)]
+    jobs = [await job_for(core, i) for i in ids]
+    assert [(j.status, j.attempts, j.lease_owner, j.last_error) for j in jobs] == [
+        ("done", 1, "d", None), ("pending", 1, None, "421 later"), ("dead", 1, "d", "550 gone")]
+    assert jobs[1].run_after == t + timedelta(seconds=2) and jobs[1].lease_until is None
+    events = [e.payload for e in await core.events.since(0) if e.kind == "message.status"]
+    assert [(e["message_id"], e["status"]) for e in events] == [(i, "sending") for i in ids] + [
+        (ids[0], "sent"), (ids[1], "queued"), (ids[2], "failed")]
+    assert events[3]["provider_id"] == "p1" and events[5]["detail"] == "550 gone"
+
+
+async def test_a_result_whose_lease_was_lost_is_left_to_the_new_owner(core: Core, pid: int) -> None:
+    conv = await email_conversation(core)
+    msg = await Outbox(core.sessions, core.events).reply(
+        project_id=pid, conversation_id=conv.conversation_id, text="x")
+
+    class Stolen(ScriptedAdapter):
+        async def send(self, outbound: Outbound) -> DeliveryResult:
+            async with core.sessions() as s:  # another node recovered and re-leased it meanwhile
+                job = await s.get(Job, (await job_for(core, outbound.message_id)).id)
+                assert job is not None
+                job.lease_owner, job.attempts = "elsewhere", job.attempts + 1
+                await s.commit()
+            return await super().send(outbound)
+
+    assert await Dispatcher(core.sessions, core.events, {"email": Stolen()}, "d").run_once() == 1
+    job = await job_for(core, msg.id)
+    assert (job.status, job.lease_owner, job.attempts) == ("leased", "elsewhere", 1)
+    assert (await message(core, msg.id)).status == "sending"
+
+
+async def test_a_job_without_a_message_is_dead_at_once(core: Core, pid: int) -> None:
+    async with core.sessions() as s:
+        s.add(Job(project_id=pid, kind="deliver", payload={}, run_after=utcnow()))
+        await s.commit()
+    assert await Dispatcher(core.sessions, core.events, {}, "d").run_once() == 1
+    async with core.sessions() as s:
+        [job] = (await s.scalars(select(Job))).all()
+    assert (job.status, job.last_error) == ("dead", "deliver job names no message")
+
+
+async def test_a_number_opted_out_under_another_kind_is_refused(core: Core, pid: int) -> None:
+    conv = await email_conversation(core)
+    async with core.sessions() as s:
+        s.add_all([Identity(project_id=pid, contact_id=conv.contact_id, kind="phone", value="+4930123456"),
+                   Identity(project_id=pid, contact_id=conv.contact_id, kind="fax", value="+4930123456",
+                            opted_out=True)])
+        await s.commit()
+    with pytest.raises(PermanentError, match=r"\+4930123456 has opted out"):
+        await Outbox(core.sessions, core.events).reply(
+            project_id=pid, conversation_id=conv.conversation_id, text="x", channel="sms")

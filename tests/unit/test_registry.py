@@ -73,7 +73,7 @@ def test_builtins_are_imported_only_when_asked_for() -> None:
 
 @pytest.mark.parametrize(
     ("asked", "suggestion"),
-    [("webhok", "did you mean 'webhook'"), ("web-hook", "did you mean 'webhook'"), ("fax", "known: ")],
+    [("webhok", "did you mean 'webhook'"), ("web-hook", "did you mean 'webhook'"), ("pager", "known: ")],
 )
 def test_unknown_name_suggests(asked: str, suggestion: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown channel type '{asked}'") as err:

@@ -170,3 +170,46 @@ def test_explain_names_missing_skill_and_unavailable_agents() -> None:
     assert explain(e, 1, T0)["reasons"] == ["no agent of queue 'q' has skill 'de' at proficiency >= 1"]
     assert explain(e, 2, T0)["reasons"] == ["none of the 1 eligible agents is available (break 1)"]
     assert explain(e, 99, T0)["known"] is False
+
+
+def test_an_agent_is_indexed_once_per_skill_not_per_queue_cost_and_level() -> None:
+    """Indexes, not scans: with two queues of one strategy, two channel costs and items asking for
+    levels 1-3 of three skills, an agent at level 5 sits in three agent families (one per skill),
+    and a decision about it leaves one live heap entry per family, not one per queue x cost x level."""
+    e = Engine(RouterSettings())
+    iid = 0
+    for q in ("sales", "support"):
+        for ch in ("chat", "email"):
+            for s in ("en", "fr", "de"):
+                for lv in (1, 2, 3):
+                    iid += 1
+                    e.add_item(item(iid, ch, at=T0 + iid, queue=q, skills={s: lv}), T0)
+    e.upsert_agent(agent(1, skills={"en": 5, "fr": 5, "de": 5}), T0)
+    e.upsert_agent(agent(2, skills={"en": 2}), T0 - 5)
+    a = e.agents[1]
+    assert len(a.families) == 3 and len(e.agents[2].families) == 1
+    [o] = e.decide(T0 + 1, limit=1)
+    assert o.item_id == 1 and o.agent_id == 2  # en >= 1: both could; agent 2 has been idle longer
+    [o] = e.decide(T0 + 1, limit=1)
+    assert o.item_id == 2 and o.agent_id == 1
+    live = [entry for f in a.families for heap in f.heaps for entry in heap if entry[2] == a.version]
+    assert len(live) == 3
+
+
+def test_many_distinct_queue_memberships_do_not_multiply_what_a_pool_reads() -> None:
+    """Agents limited to different sets of queues: a pool still reads only its queue's family and
+    the every-queue family (per skill level and capacity band), and picks the right agent."""
+    e = Engine(RouterSettings())
+    queues = [f"q{i}" for i in range(8)]
+    for i, q in enumerate(queues):
+        e.add_item(item(i + 1, "email", at=T0 + i, queue=q), T0)
+    e.upsert_agent(agent(1, state="break"), T0)  # every queue
+    for aid in range(2, 2 + 2 ** 6):  # 64 agents, each with its own set of queues
+        member = {q: 0 for j, q in enumerate(queues[:6]) if aid & (1 << j)} or {"q7": 0}
+        e.upsert_agent(agent(aid, state="break", queues=member), T0)
+    for key, pool in e._pools.items():
+        assert len(pool.families) <= 2, key
+        assert len(pool.heaps) <= 2 * len(e._costs), key
+    e.set_state(37, "available", T0 + 1)  # 37 = 0b100101: q0, q2, q5
+    offers = e.decide(T0 + 1)
+    assert sorted(o.item_id for o in offers) == [1, 3, 6] and {o.agent_id for o in offers} == {37}

@@ -83,6 +83,24 @@ class RouterModel(RuleBasedStateMachine):
         self.engine.add_item(spec, self.now, (pin_to, self.now + 25) if pin else None)
 
     @precondition(lambda self: self.engine.agents)
+    @rule(data=st.data(), capacity=st.sampled_from([100, 60, 40]),
+          skills=st.dictionaries(st.sampled_from(SKILLS), st.integers(1, 5), max_size=3),
+          projects=st.sets(st.sampled_from([1, 2]), min_size=1),
+          queues=st.sets(st.sampled_from(QUEUES)), rank=st.integers(0, 5),
+          state=st.sampled_from(STATES))
+    def change_agent(self, data: Any, capacity: int, skills: dict[str, int], projects: set[int],
+                     queues: set[str], rank: int, state: str) -> None:
+        """The store says an agent's skills, projects, queues or capacity changed (upsert again)."""
+        agent_id = data.draw(st.sampled_from(sorted(self.engine.agents)))
+        load = self.engine.agents[agent_id].load
+        spec = AgentSpec(
+            id=agent_id, capacity=max(capacity, load), state=state, projects=frozenset(projects),
+            skills={(p, k): v for p in projects for k, v in skills.items()},
+            queues={p: {q: rank for q in queues} for p in projects},
+            state_until=self.now + 15 if state == "after_work" else None)
+        self.engine.upsert_agent(spec, self.now)
+
+    @precondition(lambda self: self.engine.agents)
     @rule(data=st.data(), state=st.sampled_from(STATES))
     def change_state(self, data: Any, state: str) -> None:
         agent_id = data.draw(st.sampled_from(sorted(self.engine.agents)))

@@ -6,10 +6,8 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from converters.registry import ConverterRegistry
 from storage.blobs import BlobStore
@@ -19,7 +17,7 @@ from umsg.config import IngestSettings
 from umsg.errors import PermanentError
 from umsg.events import EventLog
 from umsg.ingest.prepare import conversion_jobs, make_pool, prepare, runs_inline, validate
-from umsg.ingest.steps import BUILD_STEPS, LINK_STEPS, BatchState, Ctx, Step, find_duplicate
+from umsg.ingest.steps import STEPS, Step, find_duplicate
 from umsg.ingest.writer import GroupWriter
 from umsg.model import Inbound, IngestResult
 from umsg.queue import Queue
@@ -33,8 +31,7 @@ class Ingestor:
 
     def __init__(self, sessions: SessionFactory, readers: SessionFactory, blobs: BlobStore,
                  converters: ConverterRegistry, routes: RouteBook, events: EventLog, queue: Queue,
-                 settings: IngestSettings,
-                 build: Sequence[Step] = BUILD_STEPS, link: Sequence[Step] = LINK_STEPS) -> None:
+                 settings: IngestSettings, steps: Sequence[Step] = STEPS) -> None:
         self._sessions = sessions
         self._readers = readers
         self._blobs = blobs
@@ -45,15 +42,12 @@ class Ingestor:
         self._settings = settings
         self._projects: dict[str, int] = {}
         self._pool: Executor | None = None
-        self._writer = GroupWriter(sessions, build, link, self._ctx, settings, events.notify)
+        # The queue's rows are written by the writer in bulk (persist), with the same columns and event.
+        self._writer = GroupWriter(sessions, blobs, steps, routes, events, settings, events.notify)
 
     @property
     def stats(self) -> dict[str, int]:
         return dict(self._writer.stats)
-
-    def _ctx(self, session: AsyncSession, project_id: int, now: datetime, batch: BatchState) -> Ctx:
-        # Routes are read per batch so a reload takes effect on the next message.
-        return Ctx(session, project_id, now, self._events, self._queue, self.routes, batch)
 
     async def start(self) -> None:
         if self._pool is None:

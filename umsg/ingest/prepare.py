@@ -2,20 +2,25 @@
 
 Blobs are content-addressed and written durably before the row that names
 them is committed, so a crash can leave at most an unreferenced blob, never a
-row without its bytes. Conversions and HTML sanitising are CPU work: large ones
-run in a process pool, because in a thread they would hold the GIL and every
-database round trip of the event loop would queue behind them. Small ones (the
-usual e-mail body) run inline: pickling them to a worker and back costs more
-than the work, and a millisecond on the loop is cheaper than the IPC round trip.
+row without its bytes. A small message's blobs are only hashed here: their
+durable write is left to the group writer (`Prepared.unwritten`), which
+starts it when the message is handed over and commits only after it, so the
+fsyncs overlap the wait for the batch and its database work instead of
+adding to the message's latency before it even reaches the writer.
+
+Conversions and HTML sanitising are CPU work: large ones run in a process
+pool, because in a thread they would hold the GIL and every database round
+trip of the event loop would queue behind them. Small ones (the usual e-mail
+body) run inline: pickling them to a worker and back costs more than the
+work, and a millisecond on the loop is cheaper than the IPC round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import multiprocessing
-import os
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import nh3
@@ -28,6 +33,7 @@ from umsg.config import IngestSettings
 from umsg.errors import PermanentError
 from umsg.ingest.identity import normalise
 from umsg.model import Inbound
+from umsg.workers import process_pool
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,11 @@ log = logging.getLogger(__name__)
 # latency and the parent's pickling and wake-ups. Most bodies are far below
 # this; the cap bounds how long one message can stall the event loop.
 INLINE_BYTES = 16 * 1024
+
+# Up to this many blob bytes per message the write is left to the group writer;
+# larger messages write in their own thread hop here, so one big attachment
+# does not hold up the commit of the small messages batched with it.
+DEFERRED_BLOB_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class Prepared:
     text: str | None
     blobs: list[StoredBlob]
     conversion_errors: list[str]
+    # Bytes of `blobs` not yet on disk: the writer stores them durably before its commit.
+    unwritten: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,8 +112,7 @@ def _derive(jobs: list[_Job], html: str | None, want_text: bool) -> _Derived:
 
 def make_pool(workers: int) -> Executor:
     # spawn, not fork: the parent runs threads (aiosqlite, blob writers) that fork would copy mid-lock.
-    return ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1,
-                               mp_context=multiprocessing.get_context("spawn"))
+    return process_pool(workers or None)
 
 
 def conversion_jobs(inbound: Inbound, converters: ConverterRegistry) -> list[_Job]:
@@ -125,7 +137,8 @@ def validate(inbound: Inbound, settings: IngestSettings) -> str:
     return normalise(inbound.sender.kind, inbound.sender.value, settings.default_region)
 
 
-def _write_blobs(inbound: Inbound, derived: _Derived, blobs: BlobStore) -> tuple[list[StoredBlob], list[str]]:
+def _outputs(inbound: Inbound, derived: _Derived) -> tuple[list[tuple[int, str, Converted]], list[str]]:
+    """The conversions that produced something, and a line for each that failed."""
     errors: list[str] = []
     outputs: list[tuple[int, str, Converted]] = []
     for part_index, name, out, error in derived.outputs:
@@ -135,25 +148,27 @@ def _write_blobs(inbound: Inbound, derived: _Derived, blobs: BlobStore) -> tuple
             log.warning("conversion failed: converter=%s part=%s error=%s", name, part_index, error)
         else:
             outputs.append((part_index, name, out))
-    # One call for all of the message's blobs: each folder is fsynced once.
-    digests = iter(blobs.put_many_sync([inbound.raw, *(p.data for p in inbound.parts),
-                                        *(out.data for _, _, out in outputs)]))
-    stored = [StoredBlob(next(digests), inbound.raw_media_type, len(inbound.raw), "raw")]
+    return outputs, errors
+
+
+def _describe(inbound: Inbound, outputs: list[tuple[int, str, Converted]], digests: list[str]) -> list[StoredBlob]:
+    """The blob list of a message: raw first, then its parts, then derived parts (`digests` in that order)."""
+    it = iter(digests)
+    stored = [StoredBlob(next(it), inbound.raw_media_type, len(inbound.raw), "raw")]
     index_of: dict[int, int] = {}
     for i, part in enumerate(inbound.parts):
         index_of[i] = len(stored)
-        stored.append(StoredBlob(next(digests), part.media_type, len(part.data), part.role,
-                                 part.filename, part.content_id))
+        stored.append(StoredBlob(next(it), part.media_type, len(part.data), part.role, part.filename,
+                                 part.content_id))
     for part_index, name, out in outputs:
-        stored.append(StoredBlob(next(digests), out.media_type, len(out.data), "derived",
-                                 out.filename, derived_from=index_of[part_index], converter=name,
-                                 meta=dict(out.meta)))
-    return stored, errors
+        stored.append(StoredBlob(next(it), out.media_type, len(out.data), "derived", out.filename,
+                                 derived_from=index_of[part_index], converter=name, meta=dict(out.meta)))
+    return stored
 
 
 async def prepare(inbound: Inbound, sender: str, blobs: BlobStore, jobs: list[_Job],
                   pool: Executor | None) -> Prepared:
-    """Run the conversions `jobs` and write every blob of a validated message; no database access."""
+    """Run the conversions `jobs` and hash (large messages: also write) every blob; no database access."""
     derived = _Derived(None, None, [])
     want_text = inbound.text is None
     if jobs or inbound.html:
@@ -162,7 +177,17 @@ async def prepare(inbound: Inbound, sender: str, blobs: BlobStore, jobs: list[_J
         else:
             loop = asyncio.get_running_loop()
             derived = await loop.run_in_executor(pool, _derive, jobs, inbound.html, want_text)
-    stored, errors = await asyncio.to_thread(_write_blobs, inbound, derived, blobs)
+    outputs, errors = _outputs(inbound, derived)
+    data = [inbound.raw, *(p.data for p in inbound.parts), *(out.data for _, _, out in outputs)]
+    unwritten: list[bytes] = []
+    if sum(len(d) for d in data) <= DEFERRED_BLOB_BYTES:
+        # Hashing a few KiB takes microseconds: cheaper on the loop than a thread hop.
+        digests = [hashlib.sha256(d).hexdigest() for d in data]
+        unwritten = data
+    else:
+        # One call for all of the message's blobs: each folder is fsynced once.
+        digests = await blobs.put_many(data)
+    stored = _describe(inbound, outputs, digests)
     text = inbound.text
     if text is None:
         text = derived.text_from_html
@@ -172,4 +197,4 @@ async def prepare(inbound: Inbound, sender: str, blobs: BlobStore, jobs: list[_J
             if out is not None and inbound.parts[idx].role == "body" and out.media_type.startswith("text/plain"):
                 text = out.data.decode("utf-8", "replace")
                 break
-    return Prepared(inbound, sender, derived.html, text, stored, errors)
+    return Prepared(inbound, sender, derived.html, text, stored, errors, unwritten)

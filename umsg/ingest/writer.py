@@ -1,10 +1,16 @@
 """Group commit: one writer task runs the transactional steps for many messages at once.
 
 Callers hand over a prepared message and wait; the writer takes whatever has
-queued up (up to `batch_max`), runs the steps for all of them, commits once,
-and only then wakes the callers. The batch is optimistic: if any message fails, nothing of it is committed and the
-messages are committed one by one, so only the bad one fails; a commit that
-fails answers its callers with a transient error, so none acknowledges to its peer.
+queued up (up to `batch_max`), reads what the batch needs in bulk, runs the
+steps for each message in memory, writes all rows with one statement per
+table (`persist`), runs the rare ORM route actions (`followup`), commits
+once, and only then wakes the callers. The blobs a message left unwritten
+(`Prepared.unwritten`) start their durable write in a worker thread the
+moment it is handed over, so the fsyncs overlap its wait in the queue and the
+transaction; COMMIT waits for them, so no row outlives its bytes. The batch is optimistic: if any
+message fails, nothing of it is committed and the messages are committed one
+by one, so only the bad one fails; a commit that fails answers its callers
+with a transient error, so none acknowledges to its peer.
 """
 
 from __future__ import annotations
@@ -15,15 +21,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from storage.db import SessionFactory
+from storage.blobs import BlobStore
+from storage.db import SessionFactory, begin_immediate, writer_connection
 from storage.types import utcnow
 from umsg.config import IngestSettings
 from umsg.errors import TransientError, UmsgError
-from umsg.ingest import ids
+from umsg.events import EventLog
+from umsg.ingest import followup, ids, persist
+from umsg.ingest.batch import BatchState, Want
+from umsg.ingest.bulk import Bulk
 from umsg.ingest.prepare import Prepared
-from umsg.ingest.steps import BatchState, Ctx, DuplicateMessage, Step, Work
+from umsg.ingest.preread import PreReader
+from umsg.ingest.rows import Work
+from umsg.ingest.steps import Ctx, DuplicateMessage, Step
 from umsg.model import IngestResult
+from umsg.routing.book import RouteBook
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +49,23 @@ class _Pending:
     prepared: Prepared
     project_id: int
     future: asyncio.Future[IngestResult]
+    blobs: asyncio.Future[list[str]] | None = None  # the durable write of `prepared.unwritten`
     attempts: int = 0
 
 
 class GroupWriter:
-    def __init__(self, sessions: SessionFactory, build: Sequence[Step], link: Sequence[Step],
-                 make_ctx: Callable[..., Ctx], settings: IngestSettings, on_commit: Callable[[], None]) -> None:
+    def __init__(self, sessions: SessionFactory, blobs: BlobStore, steps: Sequence[Step], routes: RouteBook,
+                 events: EventLog, settings: IngestSettings, on_commit: Callable[[], None]) -> None:
         self._sessions = sessions
-        self._build = tuple(build)
-        self._link = tuple(link)
-        self._make_ctx = make_ctx
+        self._blobs = blobs
+        self._steps = tuple(steps)
+        self._routes = routes
+        self._events = events
         self._settings = settings
         self._on_commit = on_commit
+        self._reader = PreReader()
+        self._bulk = Bulk()
+        self._conn: AsyncConnection | None = None  # held across batches; replaced when it breaks
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self.stats = {"ingested": 0, "duplicates": 0, "failed": 0, "batches": 0}
@@ -66,12 +85,21 @@ class GroupWriter:
         except asyncio.CancelledError:
             pass
         self._task = None
+        await self._drop_connection()
 
     async def submit(self, prepared: Prepared, project_id: int) -> IngestResult:
         if self._queue is None:
             raise TransientError("ingest writer is not running")
         fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(prepared, project_id, fut))
+        blobs = None
+        if prepared.unwritten:
+            blobs = asyncio.ensure_future(asyncio.to_thread(self._blobs.put_many_sync, prepared.unwritten))
+        try:
+            await self._queue.put(_Pending(prepared, project_id, fut, blobs))
+        except BaseException:
+            if blobs is not None:  # cancelled while waiting for room: the thread still finishes
+                blobs.add_done_callback(_retrieve)
+            raise
         return await fut
 
     async def _run(self) -> None:
@@ -131,28 +159,20 @@ class GroupWriter:
         """
         outcomes: list[tuple[_Pending, Work | DuplicateMessage]] = []
         try:
-            async with self._sessions(autoflush=False) as session, session.begin():
-                ids.install(session)
-                now = utcnow()
-                state = BatchState()
-                await state.prefetch(session, ((p.project_id, p.prepared) for p in batch))
-                works: list[tuple[_Pending, Work, Ctx]] = []
-                for p in batch:
-                    ctx = self._make_ctx(session, p.project_id, now, state)
-                    work = Work(p.prepared)
-                    try:
-                        for step in self._build:
-                            await step.process(work, ctx)
-                    except DuplicateMessage as dup:
-                        outcomes.append((p, dup))
-                        continue
-                    works.append((p, work, ctx))
-                await session.flush()
-                for p, work, ctx in works:
-                    for step in self._link:
-                        await step.process(work, ctx)
-                    outcomes.append((p, work))
+            conn = await self._connection()
+            async with conn.begin():
+                await begin_immediate(conn)
+                session = self._sessions(bind=conn, autoflush=False)
+                try:
+                    await self._run_steps(session, conn, batch, outcomes)
+                finally:
+                    await session.close()  # leaves the connection's transaction alone
+                written = [p.blobs for p in batch if p.blobs is not None]
+                if written:
+                    await asyncio.gather(*written)
         except Exception as exc:
+            if self._conn is not None and self._conn.invalidated:
+                await self._drop_connection()
             raise _BatchFailed(exc) from exc
         self.stats["batches"] += 1
         self._on_commit()
@@ -161,12 +181,55 @@ class GroupWriter:
                 continue
             if isinstance(outcome, DuplicateMessage):
                 self.stats["duplicates"] += 1
-                m = outcome.message
-                p.future.set_result(IngestResult(m.id, m.conversation_id, m.contact_id, duplicate=True))
+                p.future.set_result(_duplicate(outcome))
             else:
                 self.stats["ingested"] += 1
                 p.future.set_result(_result(outcome))
 
+
+    async def _run_steps(self, session: AsyncSession, conn: AsyncConnection, batch: list[_Pending],
+                         outcomes: list[tuple[_Pending, Work | DuplicateMessage]]) -> None:
+        """Read, decide and write the rows of `batch` inside the open transaction."""
+        ids.install(session)  # for the rows route actions add through the ORM
+        state = BatchState(utcnow())
+        await state.load(conn, self._reader, self._bulk, [_want(p) for p in batch])
+        for pid in {p.project_id for p in batch}:
+            state.tables[pid] = await self._routes.table_for(session, pid)
+        works: list[Work] = []
+        for p in batch:
+            work = Work(p.prepared, p.project_id)
+            ctx = Ctx(p.project_id, state, state.tables[p.project_id])
+            try:
+                for step in self._steps:
+                    step.process(work, ctx)
+            except DuplicateMessage as dup:
+                outcomes.append((p, dup))
+                continue
+            works.append(work)
+            outcomes.append((p, work))
+        if works:
+            await persist.write(conn, self._bulk, state.ids, works, state.now)
+        orm = [w for w in works if w.needs_orm]
+        for work in orm:
+            await followup.run(session, self._events, work, state.now)
+        if orm:
+            await session.flush()
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None:
+            engine = self._sessions.kw.get("bind")
+            if not isinstance(engine, AsyncEngine):
+                raise TypeError("the ingest writer needs sessions bound to an AsyncEngine")
+            self._conn = await writer_connection(engine)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
+                log.debug("closing the ingest writer's connection failed", exc_info=True)
 
 class _BatchFailed(UmsgError):
     def __init__(self, cause: BaseException) -> None:
@@ -174,10 +237,32 @@ class _BatchFailed(UmsgError):
         self.cause = cause
 
 
+def _retrieve(fut: asyncio.Future[list[str]]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("writing the blobs of an abandoned message failed: %r", fut.exception())
+
+
+def _want(p: _Pending) -> Want:
+    inbound = p.prepared.inbound
+    return Want(p.project_id, inbound.channel, inbound.dedupe_key, inbound.sender.kind.value,
+                p.prepared.sender_value, len(p.prepared.blobs), inbound.thread.refs, inbound.thread.own,
+                inbound.thread.conversation_token, inbound.thread.sticky)
+
+
+def _duplicate(dup: DuplicateMessage) -> IngestResult:
+    m = dup.message
+    if isinstance(m, Work):  # the first copy was in the same batch
+        assert m.message_id is not None and m.conversation is not None and m.contact is not None
+        assert m.conversation.id is not None and m.contact.id is not None
+        return IngestResult(m.message_id, m.conversation.id, m.contact.id, duplicate=True)
+    return IngestResult(m.id, m.conversation_id, m.contact_id, duplicate=True)
+
+
 def _result(work: Work) -> IngestResult:
-    assert work.message is not None and work.conversation is not None and work.contact is not None
+    assert work.message_id is not None and work.conversation is not None and work.contact is not None
+    assert work.conversation.id is not None and work.contact.id is not None
     return IngestResult(
-        message_id=work.message.id, conversation_id=work.conversation.id, contact_id=work.contact.id,
-        duplicate=False, queue_item_id=work.queue_item.id if work.queue_item is not None else None,
+        message_id=work.message_id, conversation_id=work.conversation.id, contact_id=work.contact.id,
+        duplicate=False, queue_item_id=work.queue_item_id,
         route=work.decision.route if work.decision else None,
         conversion_errors=tuple(work.prepared.conversion_errors))

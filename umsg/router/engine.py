@@ -2,7 +2,8 @@
 
 `Engine` adds the commands and the policy to `PoolIndex` (umsg.router.indexes):
 deciding walks the ready heap in global effective-time order and, per pool,
-pops the strategy's best agent with room; pinned items (last agent, transfer
+takes the strategy's best agent with room from the heads of the few agent
+heaps that serve the pool; pinned items (last agent, transfer
 to an agent) are offered to their agent first; a timer heap drives offer
 timeouts (the agent goes to "missed"), pin expiry, relaxation steps,
 decline blocks and after-work. The engine never reads a clock and never does
@@ -15,8 +16,8 @@ from heapq import heappop, heappush
 from typing import Any
 
 from umsg.errors import Conflict
-from umsg.router.indexes import AgentEntry, ItemEntry, PoolIndex
-from umsg.router.views import OFFERABLE_STATES, AgentSpec, AgentView, ItemSpec, ItemView, Offer, PoolKey, Released
+from umsg.router.indexes import AgentEntry, ItemEntry, Pool, PoolIndex
+from umsg.router.views import OFFERABLE_STATES, AgentSpec, AgentView, ItemSpec, ItemView, Offer, Released
 
 
 class Engine(PoolIndex):
@@ -31,14 +32,10 @@ class Engine(PoolIndex):
         else:
             for p in a.spec.projects - spec.projects:
                 self._by_project.get(p, set()).discard(a.id)
-            for pool in a.pools:
-                self._members[pool].discard(a.id)
             a.spec = spec
         for p in spec.projects:
             self._by_project.setdefault(p, set()).add(a.id)
-        a.pools = {pool for pool in self._candidate_pools(spec) if self._eligible(a, pool)}
-        for pool in a.pools:
-            self._members[pool].add(a.id)
+        self._refamily(a)  # set_state below pushes its entries
         released = self.set_state(a.id, spec.state, now, spec.state_until)
         return released
 
@@ -158,6 +155,7 @@ class Engine(PoolIndex):
                 self._free(item, 0.0, finished=False)
             self._unwait(item)
             self._assign(item, a)
+            self._touch(a, gained=False)
         item.status = "offered" if expires is not None else "accepted"
         item.offer_expires = expires
         if expires is not None:
@@ -177,7 +175,7 @@ class Engine(PoolIndex):
         expires = now + self.settings.offer_timeout_seconds
         item.status, item.offer_expires = "offered", expires
         self._timer(expires, "offer", item.id, item.version)
-        self._touch(a)
+        self._touch(a, gained=False)
         return Offer(item.id, a.id, expires, why)
 
     def decide(self, now: float, limit: int | None = None) -> list[Offer]:
@@ -185,21 +183,20 @@ class Engine(PoolIndex):
         out: list[Offer] = []
         self._decide_pins(now, out, limit)
         ready = self._ready
-        marked = self._marked
         while ready and (limit is None or len(out) < limit):
             eff, _, pool = heappop(ready)
-            if marked.get(pool) != eff:
+            if pool.marked != eff:
                 continue  # superseded by a newer entry for this pool
-            del marked[pool]
+            pool.marked = None
             self._serve(pool, now, out)
             if self._pin_dirty:
                 self._decide_pins(now, out, limit)
         return out
 
-    def _serve(self, pool: PoolKey, now: float, out: list[Offer]) -> None:
+    def _serve(self, pool: Pool, now: float, out: list[Offer]) -> None:
         """Offer the pool's best item that some agent can take, unless another pool's is older."""
         aside: list[ItemEntry] = []
-        heap = self._items_in[pool]
+        heap = pool.items
         others = self._ready[0][0] if self._ready else float("inf")
         served = False
         while (head := self._head(pool)) is not None:
@@ -207,9 +204,9 @@ class Engine(PoolIndex):
                 break  # an older item of another pool goes first; this pool is marked again below
             agent, excluded = self._best_agent(pool, head, now)
             if agent is not None:
-                why = {"step": "strategy", "strategy": self.settings.policy(pool[1]).strategy,
-                       "eligible_agents": len(self.pool_members(pool)), "relax_level": head.relax_level,
-                       "requirement": dict(pool[3]), "declined_by": len(head.declined)}
+                why = {"step": "strategy", "strategy": pool.kind[0], "eligible_agents": pool.eligible(),
+                       "relax_level": head.relax_level, "requirement": dict(pool.req),
+                       "declined_by": len(head.declined)}
                 out.append(self._offer(head, agent, now, why))
                 served = True
                 break
@@ -217,37 +214,54 @@ class Engine(PoolIndex):
                 break  # nobody can take it: the pool waits until one of its agents changes
             aside.append(heappop(heap))  # every fitting agent declined this one: try the next
         if head is not None and not served and head.eff > others:
-            self._marked[pool] = head.eff
+            pool.marked = head.eff
             heappush(self._ready, (head.eff, next(self._seq), pool))
         for entry in aside:
             heappush(heap, entry)
         if served:
             self._mark(pool)
+        elif pool.marked is None and pool.waiting:
+            self._park(pool)
 
-    def _best_agent(self, pool: PoolKey, item: ItemView, now: float) -> tuple[AgentView | None, bool]:
-        """The strategy's best agent with room for the item; also whether a decliner was skipped."""
-        heap = self._agents_in[self._apool(pool)]
-        stash: list[AgentEntry] = []
+    def _best_agent(self, pool: Pool, item: ItemView, now: float) -> tuple[AgentView | None, bool]:
+        """The strategy's best agent with room for the item; also whether a decliner was skipped.
+
+        A k-way look at the heads of the pool's agent heaps (its families' bands with room):
+        stale entries are dropped as they surface; an agent at its channel cap or who declined
+        the item is set aside and the next best is looked at.
+        """
+        heaps = pool.heaps
+        channel = pool.channel
+        cap = self.settings.channel_caps.get(channel)
+        declined_by = item.declined
+        stash: list[tuple[list[AgentEntry], AgentEntry]] = []
         declined = False
         found: AgentView | None = None
-        channel = pool[2]
-        while heap:
-            entry = heap[0]
-            a = self.agents.get(entry[3])
-            if a is None or a.version != entry[2] or not self.fits(a, channel):
-                if a is not None and a.version == entry[2] and self._room(a, channel):
-                    stash.append(heappop(heap))  # only this channel's cap is reached: keep it
-                else:
-                    heappop(heap)
+        while True:
+            best: AgentEntry | None = None
+            best_heap = heaps[0] if heaps else []
+            for h in heaps:
+                while h:
+                    e = h[0]
+                    if e[4].version == e[2]:
+                        if best is None or e < best:
+                            best, best_heap = e, h
+                        break
+                    heappop(h)
+            if best is None:
+                break
+            a = best[4]
+            if cap is not None and a.per_channel[channel] >= cap:
+                stash.append((best_heap, heappop(best_heap)))  # only this channel's cap is reached
                 continue
-            if item.declined.get(a.id, 0.0) > now:
+            if declined_by and declined_by.get(a.id, 0.0) > now:
                 declined = True
-                stash.append(heappop(heap))
+                stash.append((best_heap, heappop(best_heap)))
                 continue
             found = a
             break
-        for e in stash:
-            heappush(heap, e)
+        for h, e in stash:
+            heappush(h, e)
         return found, declined
 
     def _decide_pins(self, now: float, out: list[Offer], limit: int | None) -> None:
@@ -303,6 +317,6 @@ class Engine(PoolIndex):
             elif kind in ("pin", "relax") and item.version == version and item.status in ("pinned", "waiting"):
                 self._unwait(item)
                 self._place(item, now)
-            elif kind == "unblock" and item.status == "waiting" and item.pool is not None:
-                self._mark(item.pool)
+            elif kind == "unblock" and item.status == "waiting" and item.slot is not None:
+                self._mark(item.slot)
         return released

@@ -1,41 +1,43 @@
 """The indexes behind the router's decisions (see `umsg.router.engine` for how they are used).
 
-- A *pool* is (project, queue, channel, requirement). Waiting items of a pool sit
-  in a heap keyed by effective enqueue time (enqueued_at minus the priority head
-  start), so the best item of a pool is its head.
-- Agents sit in heaps per (project, queue, channel cost, requirement), holding
-  those that are eligible *and* have room for one more item of that cost, keyed
-  by the queue's strategy (idle since, load, fixed rank, round-robin turn).
-  Entries are never searched for and removed: an agent change bumps its version
-  and pushes fresh entries; stale ones are skipped when they surface (lazy
-  deletion), so an update is a few O(log n) pushes and a pick an O(log n) pop.
+- A *pool* (umsg.router.families.Pool) is (project, queue, channel, requirement):
+  its waiting items sit in a heap keyed by effective enqueue time (enqueued_at
+  minus the priority head start), so the best item of a pool is its head.
+- Agents sit in *families* (umsg.router.families.Family): (project, strategy,
+  queue signature, skill atom). The strategy is the queue's ordering, so queues
+  with the same strategy share a family (fixed order is per queue: the rank is);
+  the signature is None for agents serving every queue of the project, else the
+  one queue (an agent limited to some queues has a family per queue it serves);
+  the atom is one skill at one *exact* proficiency, no skill, or a whole
+  multi-skill requirement. Inside a family, agents are heaped by strategy key,
+  one heap per capacity band (the largest channel cost that still fits). An
+  agent is in one family per (project, strategy, skill it has) that some pool
+  asks for: 4 in the benchmark, not one heap per queue x cost x level (29).
+- A pool reads the heads of the families that serve it: signature None or its
+  queue, levels at or above its minimum, bands with room for its cost. That is
+  a handful of heaps whatever the number of agents or of queue memberships.
+- Entries are never searched for and removed: an agent change bumps its version
+  and pushes one fresh entry per family; stale ones are skipped when they
+  surface (lazy deletion). An update is a few O(log n) pushes, a pick a few
+  O(log n) pops.
 - A `ready` heap orders pools by their head's effective time, one pending entry
-  per pool, so decisions follow global priority/age order without visiting idle pools.
+  per pool, so decisions follow global priority/age order without visiting idle
+  pools. A pool no agent can serve is *parked* in its families; an agent that
+  comes available or gains room wakes only the parked pools of its own families.
 """
-
 
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left, bisect_right
 from heapq import heapify, heappop, heappush
 
 from umsg.errors import NotFound
+from umsg.router.families import AgentEntry, AKind, Family, ItemEntry, KindKey, Need, Pool
 from umsg.router.settings import RouterSettings
-from umsg.router.views import (
-    OFFERABLE_STATES,
-    AgentSpec,
-    AgentView,
-    APool,
-    ItemSpec,
-    ItemView,
-    PoolKey,
-    Req,
-)
+from umsg.router.views import OFFERABLE_STATES, AgentView, ItemSpec, ItemView, PoolKey, Req
 
-AgentEntry = tuple[float, float, int, int]  # (strategy key, tie-break key, agent version, agent id)
-# Agents are indexed per APool (project, queue, channel cost, requirement): channels of equal
-# cost share one heap, so an agent change pushes fewer entries than one heap per channel would.
-ItemEntry = tuple[float, int, int]  # (effective time, item id, item version)
+__all__ = ["AgentEntry", "ItemEntry", "Pool", "PoolIndex", "relaxed"]
 
 
 def relaxed(skills: dict[str, int], settings: RouterSettings, queue: str, level: int) -> Req:
@@ -51,23 +53,23 @@ def relaxed(skills: dict[str, int], settings: RouterSettings, queue: str, level:
 
 
 class PoolIndex:
-    """Pools, agent heaps, the ready heap and timers of one router shard (no policy of its own)."""
+    """Pools, agent families, the ready heap and timers of one router shard (no policy of its own)."""
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self.agents: dict[int, AgentView] = {}
         self.items: dict[int, ItemView] = {}
-        self._agents_in: dict[APool, list[AgentEntry]] = {}
-        self._item_pools: dict[APool, list[PoolKey]] = {}
-        self._items_in: dict[PoolKey, list[ItemEntry]] = {}
-        self._members: dict[APool, set[int]] = {}
-        self._waiting: dict[PoolKey, int] = {}
+        # Distinct channel costs, ascending: an agent's band is the last one that fits its free room.
+        self._costs = sorted({*settings.channel_costs.values(), settings.default_cost})
+        self._pools: dict[PoolKey, Pool] = {}
+        self._pools_by: dict[tuple[int, KindKey, AKind], list[Pool]] = {}
+        self._fams: dict[tuple[int, KindKey, str | None, AKind, int], Family] = {}
+        self._fams_by: dict[tuple[int, KindKey, AKind], list[Family]] = {}
+        self._needs: dict[int, dict[KindKey, Need]] = {}  # project -> strategy -> what its pools ask
+        self._kinds: dict[str, KindKey] = {}
+        self._pks: dict[tuple[int, KindKey], tuple[int, KindKey]] = {}  # one shared object per (project, kind)
         self._by_project: dict[int, set[int]] = {}
-        self._ready: list[tuple[float, int, PoolKey]] = []
-        self._marked: dict[PoolKey, float] = {}  # the head time each pool's pending ready entry has
-        # Pools by (project, one required skill or None): an agent can only be eligible for pools
-        # listed under its own skills, so adding an agent never looks at every pool.
-        self._pools_by_skill: dict[tuple[int, str | None], set[APool]] = {}
+        self._ready: list[tuple[float, int, Pool]] = []
         self._pinned: dict[int, list[ItemEntry]] = {}
         self._pin_dirty: set[int] = set()
         self._timers: list[tuple[float, int, str, int, int]] = []
@@ -75,16 +77,10 @@ class PoolIndex:
         self._rr = itertools.count(1)
         self._ended_after_work: list[int] = []
 
-    def _candidate_pools(self, spec: AgentSpec) -> set[APool]:
-        found: set[APool] = set()
-        by_skill = self._pools_by_skill
-        for p in spec.projects:
-            found |= by_skill.get((p, None), set())
-        for key in spec.skills:
-            found |= by_skill.get(key, set())
-        return found
+    # -- eligibility ------------------------------------------------------------------------------
 
-    def _eligible(self, a: AgentView, pool: PoolKey | APool) -> bool:
+    def _eligible(self, a: AgentView, pool: PoolKey) -> bool:
+        """The plain rule (for audits and explain); deciding uses the families instead."""
         project, queue, _channel, req = pool
         if project not in a.spec.projects:
             return False
@@ -102,49 +98,132 @@ class PoolIndex:
         cap = self.settings.channel_caps.get(channel)
         return cap is None or a.per_channel[channel] < cap
 
-    def _key(self, a: AgentView, queue: str, project: int) -> tuple[float, float]:
-        strategy = self.settings.policy(queue).strategy
+    def _kind(self, queue: str) -> KindKey:
+        kind = self._kinds.get(queue)
+        if kind is None:
+            strategy = self.settings.policy(queue).strategy
+            kind = self._kinds[queue] = (strategy, queue) if strategy == "fixed_order" else (strategy,)
+        return kind
+
+    def _key(self, a: AgentView, project: int, kind: KindKey) -> tuple[float, float]:
+        strategy = kind[0]
         if strategy == "longest_idle":
             return (a.idle_since, 0.0)
         if strategy == "least_busy":
             return (a.load / max(1, a.spec.capacity), a.idle_since)
         if strategy == "fixed_order":
-            return (float(a.spec.queues.get(project, {}).get(queue, 0)), 0.0)
+            return (float(a.spec.queues.get(project, {}).get(kind[1], 0)), 0.0)
         return (float(a.rr_seq), 0.0)
 
-    def _apool(self, pool: PoolKey) -> APool:
-        return (pool[0], pool[1], self.settings.cost(pool[2]), pool[3])
+    # -- families ---------------------------------------------------------------------------------
 
-    def _touch(self, a: AgentView) -> None:
-        """The agent changed: invalidate its old heap entries and push current ones."""
+    def _families(self, a: AgentView) -> list[Family]:
+        """The families the agent belongs to, grouped by (project, strategy); creates missing ones."""
+        spec = a.spec
+        out: list[Family] = []
+        for p in sorted(spec.projects):
+            needs = self._needs.get(p)
+            if not needs:
+                continue
+            queues = spec.queues.get(p)
+            mine = [(s, lv) for (pp, s), lv in spec.skills.items() if pp == p and lv >= 1]
+            for kind, need in needs.items():
+                sigs: list[str | None] = [q for q in queues if q in need.queues] if queues else [None]
+                for sig in sigs:
+                    if need.none:
+                        out.append(self._family(p, kind, sig, None, 0))
+                    for s, lv in mine:
+                        if s in need.skills:
+                            out.append(self._family(p, kind, sig, s, lv))
+                    for req in need.multi:
+                        if all(spec.skills.get((p, s), 0) >= lv for s, lv in req):
+                            out.append(self._family(p, kind, sig, req, 0))
+        return out
+
+    def _family(self, p: int, kind: KindKey, sig: str | None, akind: AKind, level: int) -> Family:
+        key = (p, kind, sig, akind, level)
+        f = self._fams.get(key)
+        if f is None:
+            pk = self._pks.setdefault((p, kind), (p, kind))
+            f = self._fams[key] = Family(p, kind, pk, sig, akind, level, len(self._costs))
+            self._fams_by.setdefault((p, kind, akind), []).append(f)
+            for pool in self._pools_by.get((p, kind, akind), ()):
+                if f.serves(pool):
+                    pool.link(f)
+        return f
+
+    def _refamily(self, a: AgentView) -> bool:
+        """Recompute the agent's families; True when they changed (the caller then touches it)."""
+        new = self._families(a)
+        old = a.families
+        if new == old:
+            return False
+        for f in old:
+            f.members.discard(a.id)
+        for f in new:
+            f.members.add(a.id)
+        a.families = new
+        return True
+
+    def _reindex(self, project: int, only_limited: bool) -> None:
+        """Pools asked for something new: one pass over the project's agents (rare: routes define
+        requirements). `only_limited`: just a new queue, which concerns agents limited to some queues."""
+        for agent_id in self._by_project.get(project, ()):
+            a = self.agents[agent_id]
+            if only_limited and not a.spec.queues.get(project):
+                continue
+            if self._refamily(a):
+                self._touch(a)
+
+    def _touch(self, a: AgentView, gained: bool = True) -> None:
+        """The agent changed: invalidate its old heap entries and push current ones.
+
+        `gained`: it may have come available or gained room, so pools parked in its families
+        may now be served (an offer only takes room away, and passes False).
+        """
         a.version += 1
-        if a.state in OFFERABLE_STATES and a.pools:
-            free = a.spec.capacity - a.load
-            keys: dict[tuple[str, int], tuple[float, float]] = {}
-            marked, waiting = self._marked, self._waiting
-            for ap in a.pools:
-                if ap[2] > free:
-                    continue
-                qp = (ap[1], ap[0])
-                key = keys.get(qp)
-                if key is None:
-                    key = keys[qp] = self._key(a, ap[1], ap[0])
-                heap = self._agents_in[ap]
-                heappush(heap, (key[0], key[1], a.version, a.id))
-                if len(heap) > 2 * len(self._members[ap]) + 64:
-                    self._compact_agents(ap)
-                for pool in self._item_pools[ap]:
-                    # A pool with a pending ready entry will look at its agents anyway.
-                    if waiting[pool] and pool not in marked:
-                        self._mark(pool)
+        if a.state in OFFERABLE_STATES and a.families:
+            band = bisect_right(self._costs, a.spec.capacity - a.load) - 1
+            if band >= 0:
+                v, aid = a.version, a.id
+                last: tuple[int, KindKey] | None = None
+                entry: AgentEntry = (0.0, 0.0, v, aid, a)
+                for f in a.families:
+                    if f.pk is not last:
+                        last = f.pk
+                        k0, k1 = self._key(a, f.project, f.kind)
+                        entry = (k0, k1, v, aid, a)
+                    heap = f.heaps[band]
+                    heappush(heap, entry)
+                    if len(heap) > 2 * len(f.members) + 64:
+                        self._compact_agents(heap)
+                if gained:
+                    for f in a.families:
+                        if f.parked:
+                            self._unpark(f, band)
         if self._pinned.get(a.id):
             self._pin_dirty.add(a.id)
 
-    def _compact_agents(self, ap: APool) -> None:
-        agents = self.agents
-        live = [e for e in self._agents_in[ap] if (a := agents.get(e[3])) is not None and a.version == e[2]]
+    def _unpark(self, f: Family, band: int) -> None:
+        """An agent of `f` with room up to `band` is free: mark the parked pools it could serve."""
+        for pool in list(f.parked):
+            if pool.marked is not None or not pool.waiting:
+                del f.parked[pool]  # marked or emptied since
+            elif pool.band <= band:
+                del f.parked[pool]
+                self._mark(pool)
+
+    def _park(self, pool: Pool) -> None:
+        """Nobody can take the pool's head now: its families wake it when one of their agents can."""
+        for f in pool.families:
+            f.parked[pool] = None
+
+    def _compact_agents(self, heap: list[AgentEntry]) -> None:
+        live = [e for e in heap if e[4].version == e[2]]
         heapify(live)
-        self._agents_in[ap] = live
+        heap[:] = live  # in place: pools hold references to their families' heaps
+
+    # -- pools ------------------------------------------------------------------------------------
 
     def _eff(self, spec: ItemSpec) -> float:
         """Effective enqueue time: priority buys a head start of a configured number of seconds."""
@@ -153,83 +232,76 @@ class PoolIndex:
     def _place(self, item: ItemView, now: float) -> None:
         spec = item.spec
         steps = self.settings.policy(spec.queue).relax
-        waited = now - spec.enqueued_at
-        level = sum(1 for s in steps if s.after_seconds <= waited)
+        level = 0
+        if steps:
+            waited = now - spec.enqueued_at
+            level = sum(1 for s in steps if s.after_seconds <= waited)
         req = relaxed(spec.skills, self.settings, spec.queue, level)
-        pool = (spec.project_id, spec.queue, spec.channel, req)
-        if pool not in self._items_in:
-            self._new_pool(pool)
-        item.status, item.pool, item.relax_level, item.pin_agent = "waiting", pool, level, None
+        key = (spec.project_id, spec.queue, spec.channel, req)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._new_pool(key)
+        item.status, item.pool, item.slot, item.relax_level, item.pin_agent = "waiting", pool.key, pool, level, None
         item.version += 1
-        heap = self._items_in[pool]
+        heap = pool.items
         heappush(heap, (item.eff, item.id, item.version))
-        self._waiting[pool] += 1
-        if len(heap) > 2 * self._waiting[pool] + 64:
+        pool.waiting += 1
+        if len(heap) > 2 * pool.waiting + 64:
             self._compact_items(pool)
         if level < len(steps):
             self._timer(spec.enqueued_at + steps[level].after_seconds, "relax", item.id, item.version)
         self._mark(pool)
 
-    def _new_pool(self, pool: PoolKey) -> None:
-        self._items_in[pool] = []
-        self._waiting[pool] = 0
-        ap = self._apool(pool)
-        if ap in self._members:
-            self._item_pools[ap].append(pool)
-            return
-        self._item_pools[ap] = [pool]
-        members: set[int] = set()
-        heap: list[AgentEntry] = []
-        self._members[ap], self._agents_in[ap] = members, heap
-        req = pool[3]
-        self._pools_by_skill.setdefault((pool[0], req[0][0] if req else None), set()).add(ap)
-        # A new requirement is rare (routes define them): one pass over the project's agents.
-        for agent_id in self._by_project.get(pool[0], ()):
-            a = self.agents[agent_id]
-            if self._eligible(a, ap):
-                members.add(agent_id)
-                a.pools.add(ap)
-                if a.state in OFFERABLE_STATES and a.load + ap[2] <= a.spec.capacity:
-                    key = self._key(a, ap[1], ap[0])
-                    heappush(heap, (key[0], key[1], a.version, a.id))
+    def _new_pool(self, key: PoolKey) -> Pool:
+        project = key[0]
+        kind = self._kind(key[1])
+        pool = Pool(key, kind, bisect_left(self._costs, self.settings.cost(key[2])))
+        self._pools[key] = pool
+        self._pools_by.setdefault((project, kind, pool.akind), []).append(pool)
+        for f in self._fams_by.get((project, kind, pool.akind), ()):
+            if f.serves(pool):
+                pool.link(f)
+        new_queue, new_atom = self._needs.setdefault(project, {}).setdefault(kind, Need()).add(pool)
+        if new_queue or new_atom:
+            self._reindex(project, only_limited=not new_atom)
+        return pool
 
-    def _compact_items(self, pool: PoolKey) -> None:
-        live = [e for e in self._items_in[pool] if self._live_item(e, pool) is not None]
+    def _compact_items(self, pool: Pool) -> None:
+        live = [e for e in pool.items if self._live_item(e, pool) is not None]
         heapify(live)
-        self._items_in[pool] = live
+        pool.items[:] = live
 
-    def _live_item(self, entry: ItemEntry, pool: PoolKey) -> ItemView | None:
+    def _live_item(self, entry: ItemEntry, pool: Pool) -> ItemView | None:
         item = self.items.get(entry[1])
-        if item is None or item.version != entry[2] or item.status != "waiting" or item.pool != pool:
+        if item is None or item.version != entry[2] or item.status != "waiting" or item.slot is not pool:
             return None
         return item
 
     def _unwait(self, item: ItemView) -> None:
         """Take an item out of its pool or pin (its heap entries go stale)."""
-        pool = item.pool if item.status == "waiting" else None
-        item.pool, item.pin_agent = None, None
+        pool = item.slot if item.status == "waiting" else None
+        item.pool, item.slot, item.pin_agent = None, None, None
         item.version += 1
         if pool is not None:
-            self._waiting[pool] -= 1
+            pool.waiting -= 1
             self._mark(pool)  # its head may have been this item: the pool's ready entry must follow
 
-    def _head(self, pool: PoolKey) -> ItemView | None:
-        heap = self._items_in[pool]
+    def _head(self, pool: Pool) -> ItemView | None:
+        heap = pool.items
+        items = self.items
         while heap:
-            item = self._live_item(heap[0], pool)
-            if item is not None:
+            entry = heap[0]
+            item = items.get(entry[1])
+            if item is not None and item.version == entry[2] and item.status == "waiting" and item.slot is pool:
                 return item
             heappop(heap)
         return None
 
-    def _room(self, a: AgentView, channel: str) -> bool:
-        return a.state in OFFERABLE_STATES and a.load + self.settings.cost(channel) <= a.spec.capacity
-
-    def _mark(self, pool: PoolKey) -> None:
+    def _mark(self, pool: Pool) -> None:
         """Make sure the ready heap has an entry for the pool's current head (one, not many)."""
         head = self._head(pool)
-        if head is not None and head.eff < self._marked.get(pool, float("inf")):
-            self._marked[pool] = head.eff
+        if head is not None and (pool.marked is None or head.eff < pool.marked):
+            pool.marked = head.eff
             heappush(self._ready, (head.eff, next(self._seq), pool))
 
     def _timer(self, when: float, kind: str, ident: int, version: int) -> None:
@@ -248,7 +320,10 @@ class PoolIndex:
         return item
 
     def pool_waiting(self, pool: PoolKey) -> int:
-        return self._waiting.get(pool, 0)
+        p = self._pools.get(pool)
+        return p.waiting if p is not None else 0
 
     def pool_members(self, pool: PoolKey) -> set[int]:
-        return self._members.get(self._apool(pool), set())
+        """Agents eligible for the pool, whatever their state (a diagnostic: builds a set)."""
+        p = self._pools.get(pool)
+        return set().union(*(f.members for f in p.families)) if p is not None else set()

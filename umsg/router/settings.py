@@ -46,7 +46,7 @@ class RouterSettings(_Strict):
     # One router task (and one leader lock) per shard; a project belongs to shard id % shards.
     shards: int = Field(default=1, ge=1, le=64)
     channel_costs: dict[str, int] = Field(
-        default_factory=lambda: {"chat": 34, "email": 20, "sms": 20, "voicemail": 20, "fax": 20}
+        default_factory=lambda: {"webchat": 34, "chat": 34, "email": 20, "sms": 20, "voicemail": 20, "fax": 20}
     )
     default_cost: int = Field(default=20, ge=0)
     channel_caps: dict[str, int] = Field(default_factory=dict)

@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 Req = tuple[tuple[str, int], ...]  # required (skill, minimum proficiency), sorted
 PoolKey = tuple[int, str, str, Req]  # project, queue, channel, requirement
-APool = tuple[int, str, int, Req]  # project, queue, channel cost, requirement (agents' index)
 ItemStatus = Literal["waiting", "pinned", "offered", "accepted", "held"]
 OFFERABLE_STATES = frozenset({"available"})
 
@@ -42,7 +41,7 @@ class ItemSpec:
     conversation_id: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class AgentView:
     spec: AgentSpec
     state: str
@@ -52,15 +51,16 @@ class AgentView:
     holding: set[int] = field(default_factory=set)
     version: int = 0
     rr_seq: int = 0
-    pools: set[APool] = field(default_factory=set)
     state_until: float | None = None
+    # The index's bookkeeping (umsg.router.indexes): the agent families it belongs to.
+    families: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def id(self) -> int:
         return self.spec.id
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemView:
     spec: ItemSpec
     eff: float  # effective enqueue time: enqueued_at - priority head start
@@ -73,6 +73,7 @@ class ItemView:
     relax_level: int = 0
     pool: PoolKey | None = None
     version: int = 0
+    slot: Any = field(default=None, repr=False, compare=False)  # the index's Pool object for `pool`
 
     @property
     def id(self) -> int:

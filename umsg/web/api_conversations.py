@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import AgentProject, Conversation, Message, Part
 from umsg.errors import NotFound
-from umsg.outbound import Outbox
+from umsg.model import OutboundPart
 from umsg.tokens import Principal
 from umsg.web import serialize
 from umsg.web.auth import actor, ensure_visible, scoped
@@ -119,7 +119,7 @@ async def reply(ctx: Ctx) -> web.StreamResponse:
     me = ctx.me
     async with ctx.core.sessions() as s:
         conv = await _load(s, me, ctx.path_id("conversation"))
-    outbox = Outbox(ctx.core.sessions, ctx.core.events)
+    outbox = ctx.core.outbox
     msg = await outbox.reply(
         project_id=conv.project_id,
         conversation_id=conv.id,
@@ -129,5 +129,8 @@ async def reply(ctx: Ctx) -> web.StreamResponse:
         channel=body.channel,
         to=body.to,
         agent_id=me.agent_id,
+        attachments=[OutboundPart(media_type=a.media_type, data=a.data_base64, filename=a.filename)
+                     for a in body.attachments],
+        attach_part_ids=body.attach_part_ids,
     )
     return json_ok(serialize.message(msg), status=202)

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from channels.base import ChannelAdapter
 from umsg.web.auth import auth_middleware
 from umsg.web.endpoints import register
 from umsg.web.errors import error_middleware
+from umsg.web.inbox_static import mount_inbox
 from umsg.web.keys import ADAPTERS, CORE, ENDPOINTS, METRICS
 from umsg.web.metrics import WebMetrics, metrics_middleware
 from umsg.web.table import ENDPOINTS as TABLE
@@ -37,5 +39,19 @@ def create_app(core: Core, adapters: Mapping[str, object] | None = None) -> web.
     app[ENDPOINTS] = TABLE
     app[OPEN_SOCKETS] = weakref.WeakSet()
     register(app, TABLE)
+    _mount_channel_routes(app, adapters or {})
+    mount_inbox(app)
     app.on_shutdown.append(close_sockets)
     return app
+
+
+CHANNELS_PREFIX = "/channels"
+
+
+def _mount_channel_routes(app: web.Application, adapters: Mapping[str, object]) -> None:
+    """Serve each adapter's own routes under `/channels/<instance>/` (the adapter authenticates)."""
+    for name, adapter in adapters.items():
+        routes = adapter.web_routes() if isinstance(adapter, ChannelAdapter) else ()
+        for route in routes:
+            path = f"{CHANNELS_PREFIX}/{name}/{route.path.lstrip('/')}"
+            web.RouteDef(route.method, path, route.handler, route.kwargs).register(app.router)

@@ -119,11 +119,14 @@ class ReplyIn(Body):
     html: str | None = Field(default=None, max_length=2_000_000)
     channel: ChannelName | None = None
     to: AddressValue | None = None
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=20)
+    attach_part_ids: list[Id] = Field(default_factory=list, max_length=20)
 
     @model_validator(mode="after")
     def _has_content(self) -> ReplyIn:
-        if not self.text.strip() and not (self.html and self.html.strip()):
-            raise ValueError("a reply needs text (or html)")
+        if (not self.text.strip() and not (self.html and self.html.strip())
+                and not self.attachments and not self.attach_part_ids):
+            raise ValueError("a reply needs text (or html, or an attachment)")
         return self
 
 

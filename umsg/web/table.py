@@ -7,11 +7,23 @@ exactly these; adding a route means adding a row here.
 from __future__ import annotations
 
 from umsg.web import api_agents as agents
+from umsg.web import (
+    api_canned,
+    api_inbox,
+    api_router,
+    api_routes,
+    api_session,
+    api_typing,
+    api_wall,
+    health,
+    media,
+    metrics,
+    ws,
+)
 from umsg.web import api_contacts as contacts
 from umsg.web import api_conversations as conversations
 from umsg.web import api_messages as messages
 from umsg.web import api_queue as queue
-from umsg.web import api_router, api_routes, health, metrics, ws
 from umsg.web.endpoints import ADMIN, API, STAFF, Endpoint
 from umsg.web.openapi import openapi_json
 from umsg.web.schemas import (
@@ -99,4 +111,50 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("PUT", f"{API}/agents/{{id}}/state", agents.put_agent_state, "Change an agent's presence state",
              "agents", body=AgentStateIn, responses={200: "the agent", 404: NOT_FOUND},
              description="An agent token may change only its own state."),
-) + api_routes.ENDPOINTS + api_router.ENDPOINTS
+) + api_routes.ENDPOINTS + api_router.ENDPOINTS + (
+    # -- the agents' inbox (issue 5) -----------------------------------------------------------
+    Endpoint("POST", f"{API}/session", api_session.create_session, "Sign in with a login and password",
+             "inbox", auth=False, body=api_session.SessionIn,
+             responses={201: "an agent-bound token for the browser", 401: "the login or the password is wrong"}),
+    Endpoint("GET", f"{API}/session", api_session.get_session, "Who the caller is and what the inbox offers",
+             "inbox"),
+    Endpoint("DELETE", f"{API}/session", api_session.delete_session, "Sign out (revoke this token)", "inbox",
+             responses={204: "revoked"}),
+    Endpoint("PUT", f"{API}/agents/{{id}}/password", api_session.put_password, "Set an agent's password",
+             "inbox", body=api_session.PasswordIn,
+             responses={200: "set; the agent's other sessions are revoked", 403: "not the caller's own",
+                        404: NOT_FOUND}),
+    Endpoint("GET", f"{API}/inbox/work", api_inbox.my_work, "The conversations an agent holds", "inbox",
+             query=api_inbox.WorkQuery),
+    Endpoint("GET", f"{API}/contacts/{{id}}/timeline", api_inbox.contact_timeline,
+             "Every message of every conversation of a contact, across channels", "inbox", query=Page,
+             responses={200: "a page of messages in id order, with the contact", 404: NOT_FOUND}),
+    Endpoint("POST", f"{API}/conversations/{{id}}/notes", api_inbox.add_note, "Add a private note",
+             "inbox", body=api_inbox.NoteIn, responses={201: "the note", 404: NOT_FOUND}),
+    Endpoint("POST", f"{API}/conversations/{{id}}/typing", api_typing.post_typing,
+             "Tell the customer an agent is typing (or stopped)", "inbox", body=api_typing.TypingIn,
+             responses={204: "the conversation.typing event is written", 404: NOT_FOUND}),
+    Endpoint("POST", f"{API}/conversations/{{id}}/close", api_inbox.close_conversation,
+             "Close with a wrap-up code (completes the held queue item)", "inbox", body=api_inbox.CloseIn,
+             responses={200: "the closed conversation", 404: NOT_FOUND, 409: "another agent holds the item",
+                        422: "unknown wrap-up code"}),
+    Endpoint("GET", f"{API}/inbox/wall", api_wall.wall, "Supervisors' wall: queues and agents", "inbox",
+             roles=STAFF),
+    Endpoint("GET", f"{API}/canned-responses", api_canned.list_canned, "List canned responses", "inbox"),
+    Endpoint("POST", f"{API}/canned-responses", api_canned.create_canned, "Create a canned response", "inbox",
+             roles=STAFF, body=api_canned.CannedIn, responses={201: "created", 409: "the title is taken"}),
+    Endpoint("PATCH", f"{API}/canned-responses/{{id}}", api_canned.patch_canned, "Edit a canned response",
+             "inbox", roles=STAFF, body=api_canned.CannedPatch, responses={200: "OK", 404: NOT_FOUND}),
+    Endpoint("DELETE", f"{API}/canned-responses/{{id}}", api_canned.delete_canned, "Delete a canned response",
+             "inbox", roles=STAFF, responses={204: "deleted", 404: NOT_FOUND}),
+    Endpoint("GET", f"{API}/wrapup-codes", api_canned.list_wrapups, "List wrap-up codes", "inbox"),
+    Endpoint("POST", f"{API}/wrapup-codes", api_canned.create_wrapup, "Create a wrap-up code", "inbox",
+             roles=STAFF, body=api_canned.WrapupIn, responses={201: "created", 409: "the code exists"}),
+    Endpoint("DELETE", f"{API}/wrapup-codes/{{id}}", api_canned.delete_wrapup, "Delete a wrap-up code",
+             "inbox", roles=STAFF, responses={204: "deleted", 404: NOT_FOUND}),
+    Endpoint("GET", f"{API}/parts/{{id}}/pages", media.part_pages, "How many pages a TIFF/PDF part has",
+             "messages", responses={200: "the page count", 404: NOT_FOUND, 415: "not a TIFF or PDF"}),
+    Endpoint("GET", f"{API}/parts/{{id}}/pages/{{page}}", media.part_page_image, "One page as a PNG image",
+             "messages", media_type="image/png",
+             responses={200: "the page", 404: NOT_FOUND, 415: "not a TIFF or PDF"}),
+)

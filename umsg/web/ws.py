@@ -2,10 +2,10 @@
 
 A client connects to `/api/v1/events?after=N` and first receives every event
 after N it may see (so a reconnect resumes without gaps), in id order, then
-live ones. Events come from the shared log, not from in-process callbacks:
-`EventLog.wait` wakes the feed at once for changes made in this process, and
-polling at least every POLL_SECONDS picks up those committed by other
-processes. Messages from the client: `{"type": "ping"}` is answered with
+live ones. Events come from the shared log, not from in-process callbacks: every
+feed of the process is a subscription to the one reader of `EventLog.subscribe`,
+which is woken at once by changes made in this process and polls for those
+committed by other processes. Messages from the client: `{"type": "ping"}` is answered with
 `{"type": "pong", "last_event_id": ...}`.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from umsg.tokens import Principal
+from storage.models import Event
+from umsg.event_fanout import Subscription
 from umsg.web import serialize
 from umsg.web.endpoints import Ctx
 from umsg.web.errors import HttpProblem
@@ -28,7 +29,6 @@ from umsg.web.schemas import EventsQuery
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
-BATCH = 200
 
 OPEN_SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("umsg_open_sockets")
 
@@ -36,7 +36,7 @@ OPEN_SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("u
 @dataclass
 class _Feed:
     ws: web.WebSocketResponse
-    cursor: int
+    sub: Subscription
     # Sends come from the pump and from ping replies; one frame at a time.
     lock: asyncio.Lock
     # The pump may be cancelled only while it waits: cancelling a database
@@ -46,26 +46,32 @@ class _Feed:
 
 
 async def _send(feed: _Feed, data: object) -> None:
+    await _send_text(feed, json.dumps(data))
+
+
+async def _send_text(feed: _Feed, text: str) -> None:
     async with feed.lock:
-        await feed.ws.send_json(data)
+        await feed.ws.send_str(text)
 
 
-async def _pump(feed: _Feed, ctx: Ctx, principal: Principal) -> None:
-    events = ctx.core.events
+def _event_text(ev: Event) -> str:
+    return json.dumps(serialize.event(ev))
+
+
+async def _pump(feed: _Feed) -> None:
     try:
         while not (feed.ws.closed or feed.stopping):
-            batch = await events.since(feed.cursor, principal.project_ids, BATCH)
+            # Usually an in-memory wait; a subscriber behind the shared buffer queries the store.
+            feed.waiting = True
+            try:
+                batch = await feed.sub.next(POLL_SECONDS)
+            finally:
+                feed.waiting = False
             for ev in batch:
                 if feed.stopping:
                     return
-                await _send(feed, serialize.event(ev))
-                feed.cursor = ev.id
-            if len(batch) < BATCH and not feed.stopping:
-                feed.waiting = True
-                try:
-                    await events.wait(POLL_SECONDS)
-                finally:
-                    feed.waiting = False
+                # Serialised once per event for every socket of the process.
+                await _send_text(feed, feed.sub.rendered(ev, _event_text))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:
@@ -76,7 +82,7 @@ async def _pump(feed: _Feed, ctx: Ctx, principal: Principal) -> None:
 async def _stop(feed: _Feed, pump: asyncio.Task[None]) -> None:
     """End the pump; it never outlives the handler, even when the handler is cancelled."""
     feed.stopping = True
-    if feed.waiting:
+    if feed.waiting and not feed.sub.querying:
         pump.cancel()
     try:
         # wait() neither raises the pump's outcome nor cancels the pump if we are cancelled.
@@ -98,14 +104,13 @@ async def _answer(feed: _Feed, raw: str) -> None:
         await _send(feed, {"type": "error", "message": 'messages must be JSON, e.g. {"type": "ping"}'})
         return
     if isinstance(data, dict) and data.get("type") == "ping":
-        await _send(feed, {"type": "pong", "last_event_id": feed.cursor})
+        await _send(feed, {"type": "pong", "last_event_id": feed.sub.cursor})
     else:
         await _send(feed, {"type": "error", "message": 'unknown message; the feed accepts {"type": "ping"}'})
 
 
 async def events_feed(ctx: Ctx) -> web.StreamResponse:
     q = ctx.query_as(EventsQuery)
-    principal = ctx.me
     ws = web.WebSocketResponse(heartbeat=30.0)
     if not ws.can_prepare(ctx.request).ok:
         raise HttpProblem(
@@ -117,8 +122,9 @@ async def events_feed(ctx: Ctx) -> web.StreamResponse:
     cursor = q.after if q.after is not None else await ctx.core.events.latest_id()
     await ws.prepare(ctx.request)
     ctx.request.app[OPEN_SOCKETS].add(ws)
-    feed = _Feed(ws=ws, cursor=cursor, lock=asyncio.Lock())
-    pump = asyncio.create_task(_pump(feed, ctx, principal))
+    sub = await ctx.core.events.subscribe(cursor, ctx.me.project_ids)
+    feed = _Feed(ws=ws, sub=sub, lock=asyncio.Lock())
+    pump = asyncio.create_task(_pump(feed))
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -128,7 +134,10 @@ async def events_feed(ctx: Ctx) -> web.StreamResponse:
     except ConnectionResetError:
         pass  # the client vanished mid-reply; the response is already under way, nothing to answer
     finally:
-        await _stop(feed, pump)
+        try:
+            await _stop(feed, pump)
+        finally:
+            await sub.aclose()
     return ws
 
 

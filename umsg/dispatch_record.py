@@ -1,0 +1,176 @@
+"""Recording delivery results: the job's next state and the message's, group-committed.
+
+Results that arrive while another batch is being written share the next transaction: a
+batch of sends finishing together costs one commit, and inside it one UPDATE ... RETURNING
+for the jobs (each guarded by its lease: still leased, to us, at the attempt we claimed)
+and one for the messages, instead of a statement per job. If the batch cannot be written,
+each result is written on its own so one bad result does not cost the others theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.db import SessionFactory
+from storage.models import Job
+from umsg.dispatch_claim import Claimed
+from umsg.dispatch_status import StatusChange, by_id, set_statuses
+from umsg.errors import TransientError
+from umsg.events import EventLog
+from umsg.model import DeliveryResult, DeliveryStatus
+
+log = logging.getLogger(__name__)
+
+_JOB = cast(Table, Job.__table__)
+MAX_BACKOFF_SECONDS = 300
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before retry number `attempts` (1-based): 2, 4, 8 ... seconds, at most five minutes."""
+    return timedelta(seconds=min(2**attempts, MAX_BACKOFF_SECONDS))
+
+
+@dataclass
+class _Result:
+    """A job's delivery result waiting for the next group commit of results."""
+
+    job: Claimed
+    result: DeliveryResult
+    now: datetime
+    done: asyncio.Future[None]
+
+    def settle(self, error: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one result does to its job and its message."""
+
+    job_status: str  # done | pending | dead
+    error: str | None  # the job's last_error
+    run_after: datetime | None  # set when it is retried
+    msg_status: str
+    detail: str | None
+    provider_id: str | None
+
+
+def _plan(job: Claimed, result: DeliveryResult, now: datetime) -> _Plan:
+    attempts = job.attempts + 1
+    if result.status in (DeliveryStatus.ACCEPTED, DeliveryStatus.DELIVERED):
+        msg_status = "sent" if result.status is DeliveryStatus.ACCEPTED else "delivered"
+        return _Plan("done", None, None, msg_status, result.detail or None, result.provider_id)
+    if result.status is DeliveryStatus.TRANSIENT_FAILURE and attempts < job.max_attempts:
+        return _Plan("pending", result.detail, now + backoff(attempts), "queued",
+                     f"retrying after attempt {attempts}: {result.detail}", None)
+    transient = result.status is DeliveryStatus.TRANSIENT_FAILURE
+    detail = f"gave up after {attempts} attempts: {result.detail}" if transient else result.detail
+    return _Plan("dead", result.detail, None, "failed", detail, None)
+
+
+class ResultRecorder:
+    """Group-commits delivery results for one dispatcher (`owner`)."""
+
+    def __init__(self, sessions: SessionFactory, events: EventLog, owner: str) -> None:
+        self._sessions = sessions
+        self._events = events
+        self._owner = owner
+        # Results waiting for the next group commit, and the lock its one writer holds.
+        self._results: list[_Result] = []
+        self._recording = asyncio.Lock()
+        self._writes: set[asyncio.Future[None]] = set()
+
+    async def record(self, job: Claimed, result: DeliveryResult, now: datetime) -> None:
+        """Record one job's result, committed on return (together with whatever else is waiting)."""
+        item = _Result(job, result, now, asyncio.get_running_loop().create_future())
+        self._results.append(item)
+        async with self._recording:
+            if not item.done.done():
+                # Sends resumed in this same pass of the event loop (one SMPP read can answer ten)
+                # would otherwise miss this write by a moment and each wait for the next.
+                await asyncio.sleep(0)
+                batch, self._results = self._results, []
+                # Shielded: a cancelled caller must not abandon the other results of its batch.
+                write = asyncio.ensure_future(self._write(batch))
+                self._writes.add(write)
+                write.add_done_callback(self._writes.discard)
+                await asyncio.shield(write)
+        await item.done
+
+    async def _write(self, batch: list[_Result]) -> None:
+        try:
+            outcomes = await self._commit(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].settle(exc)
+                return
+            # One bad result must not cost the others theirs: write each on its own.
+            log.warning("recording %d delivery results together failed (%r); one by one", len(batch), exc)
+            for one in batch:
+                await self._write([one])
+            return
+        except BaseException as exc:
+            for item in batch:
+                item.settle(TransientError("recording interrupted"))
+            raise exc
+        self._events.notify()
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                log.warning("job %s: lease lost before its result (%s) was recorded",
+                            item.job.job_id, item.result.status.value)
+            elif log.isEnabledFor(logging.INFO):
+                log.info("job %s (message %s): %s%s", item.job.job_id, item.job.message_id, outcome.msg_status,
+                         f" ({outcome.detail})" if outcome.detail else "")
+            item.settle(None)
+
+    async def _commit(self, batch: list[_Result]) -> list[_Plan | None]:
+        """One transaction for `batch`; per item its plan, None if its lease was lost."""
+        plans = {item.job.job_id: _plan(item.job, item.result, item.now) for item in batch}
+        async with self._sessions() as s:
+            taken = await self._update_jobs(s, batch, plans)
+            await set_statuses(s, [
+                StatusChange(item.job.project_id, item.job.message_id, plan.msg_status, plan.detail,
+                             provider_id=plan.provider_id, at=item.now)
+                for item in batch
+                if item.job.message_id is not None and item.job.job_id in taken
+                for plan in (plans[item.job.job_id],)
+            ])
+            await s.commit()
+        return [plans[item.job.job_id] if item.job.job_id in taken else None for item in batch]
+
+    async def _update_jobs(self, s: AsyncSession, batch: list[_Result], plans: dict[int, _Plan]) -> set[int]:
+        """Settle the jobs still leased to us at the attempt we claimed; returns their ids."""
+        j = _JOB.c
+        retried = {i: p.run_after for i, p in plans.items() if p.run_after is not None}
+        values: dict[str, Any] = {
+            "status": by_id(j.id, j.status, {i: p.job_status for i, p in plans.items()}),
+            "attempts": j.attempts + 1,
+            "lease_until": None,
+            "last_error": by_id(j.id, j.last_error, {i: p.error for i, p in plans.items()}),
+            "updated_at": by_id(j.id, j.updated_at, {item.job.job_id: item.now for item in batch}),
+        }
+        if retried:
+            # A retried job is free for any dispatcher; a settled one keeps who settled it.
+            values["lease_owner"] = by_id(j.id, j.lease_owner, dict.fromkeys(retried), j.lease_owner)
+            values["run_after"] = by_id(j.id, j.run_after, retried, j.run_after)
+        claimed_at = by_id(j.id, j.attempts, {item.job.job_id: item.job.attempts for item in batch})
+        rows = await s.execute(
+            update(_JOB)
+            .where(j.id.in_(list(plans)), j.status == "leased", j.lease_owner == self._owner,
+                   j.attempts == claimed_at)
+            .values(**values)
+            .returning(j.id)
+        )
+        return {r.id for r in rows}

@@ -1,0 +1,39 @@
+"""What the core offers a channel adapter beyond the ingest sink.
+
+`ChannelServices` is handed to every adapter (`ChannelAdapter.bind`) before `start`. Adapters
+use it for durable channel state (`sessions` with `storage.models.ChannelState`), reading
+stored media (`blobs`), the route table (`routes`: which dialled number a channel answers),
+queueing automatic mail (`outbox.notify`), delivery reports (`reports`) and links back to
+the inbox (`public_url`). It is the whole of what a channel may touch: channels never import
+the ingest pipeline, the router or the web app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.blobs import BlobStore
+from storage.db import SessionFactory
+from umsg.events import EventLog
+from umsg.outbound import Outbox
+from umsg.reports import DeliveryReports
+from umsg.routing.book import RouteBook
+
+
+@dataclass(frozen=True)
+class ChannelServices:
+    sessions: SessionFactory
+    readers: SessionFactory
+    blobs: BlobStore
+    routes: RouteBook
+    events: EventLog
+    outbox: Outbox
+    reports: DeliveryReports
+    # Base URL of the web app as users reach it ("" when not configured): for links in mail.
+    public_url: str
+    # The project messages go to when a channel does not name one.
+    default_project: str
+
+    def conversation_link(self, conversation_id: int) -> str:
+        """A link to a conversation in the agents' inbox (relative when no public URL is set)."""
+        return f"{self.public_url.rstrip('/')}/inbox/#/conversations/{conversation_id}"
