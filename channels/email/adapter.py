@@ -12,7 +12,7 @@ from channels.email.compose import compose, sender_address
 from channels.email.imap_poller import ImapPoller
 from channels.email.settings import EmailSettings, email_url_fields
 from channels.email.smtp_sender import send_via_relay
-from channels.email.smtp_server import Handler, start_server
+from channels.email.smtp_server import Handler, Parser, start_server
 from channels.email.store import EmailStore
 from storage.db import SessionFactory
 from umsg.errors import PermanentError, TransientError
@@ -35,6 +35,7 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
         self._sink: InboundSink | None = None
         self._server: asyncio.Server | None = None
         self.handler: Handler | None = None
+        self._parser: Parser | None = None
         self.poller: ImapPoller | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -74,7 +75,8 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
         self._sink = sink
         self._stop.clear()
         if self.settings.listen is not None:
-            self.handler = Handler(self.settings, self.channel, self._ingest)
+            self._parser = Parser(self.settings, self.channel)
+            self.handler = Handler(self.settings, self.channel, self._ingest, self._parser.parse)
             self._server = await start_server(self.settings, self.handler)
             log.info("email channel %s listening for SMTP on port %s", self.instance_name, self.port)
         if self.settings.imap is not None:
@@ -100,6 +102,9 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
             # Sessions in DATA finish (their 250 follows the commit); idle ones are closed.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 10)
+        if self._parser is not None:
+            parser, self._parser = self._parser, None
+            await parser.aclose()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             try:
