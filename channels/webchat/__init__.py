@@ -1,0 +1,38 @@
+"""The web chat channel: an embeddable widget and the customer websocket behind it.
+
+One tag on any page shows the widget (a bubble that opens a chat panel):
+`<script src="https://umsg.example/channels/<instance>/widget.js" async></script>`.
+The assets (`static/widget.js`, `static/widget.css`) ship inside the package: no CDN, no
+build step, nothing fetched from elsewhere.
+
+Routes (mounted under `/channels/<instance>/`, outside the API's token auth; the visitor
+token authenticates): `GET widget.js`, `GET widget.css`, `GET ws` (the customer websocket,
+protocol in README.md "Web chat protocol"), `POST upload` (a file as the raw body, size and
+type limits), `GET file/<part id>?token=` (attachments of the visitor's own chats).
+
+Capabilities: inbound and outbound text, attachments (uploads in, agents' files out as
+download links), threading (one visitor's lines continue one conversation), realtime.
+Replies are pushed to the visitor's open sockets: `DELIVERED` when one took it, else
+`ACCEPTED` (the history shows it on the next visit). Live notices (agent joined/left,
+agent typing, conversation closed) follow the event log.
+
+Offline (outside `hours`, or no agent "available" when `offline_when_no_agent`): the widget
+offers "leave a message" with an email address; the email becomes an identity of the
+contact and the conversation's channel becomes `email_channel`, so agents' replies default
+to email. Optional transcript by email (`end` with `transcript: true`) and rating (1–5 and a
+comment; kept in ChannelState `rating:<conversation id>` and announced as a
+`conversation.updated` event with `changes.rating`).
+
+Settings: `secret` (signs visitor tokens; required), `allowed_origins`, `project`,
+`channel` (default: the instance name; name the instance "webchat" so replies find the chat
+identity), `max_text_chars`, `max_upload_bytes`, `upload_types`, `hours` (tz + weekday
+hours + holidays), `offline_when_no_agent`, `prechat_form`, `transcript`, `rating`,
+`email_channel`, `title`, `history_limit`.
+
+Connection string: `webchat://?secret=...&project=default` (query keys name settings).
+"""
+
+from channels.webchat.adapter import WebchatChannel
+from channels.webchat.settings import WebchatSettings
+
+__all__ = ["WebchatChannel", "WebchatSettings"]

@@ -1,0 +1,56 @@
+"""What the socket, upload and file handlers of one chat instance share (kept on the adapter)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiohttp import web
+
+from channels.base import InboundSink
+from channels.webchat.hub import Hub
+from channels.webchat.ids import verify_visitor
+from channels.webchat.settings import WebchatSettings
+from channels.webchat.store import ChatStore
+from storage.blobs import BlobStore
+from storage.types import utcnow
+from umsg.errors import TransientError
+from umsg.events import EventLog
+from umsg.model import Inbound, IngestResult
+from umsg.outbound import Outbox
+
+
+@dataclass
+class ChatRuntime:
+    settings: WebchatSettings
+    scope: str  # the channel instance name: signs tokens, names thread keys
+    channel: str  # the channel name messages carry
+    store: ChatStore
+    outbox: Outbox
+    blobs: BlobStore
+    events: EventLog
+    hub: Hub = field(default_factory=Hub)
+    sink: InboundSink | None = None
+    clock: Callable[[], datetime] = utcnow
+
+    async def ingest(self, inbound: Inbound) -> IngestResult:
+        if self.sink is None:
+            raise TransientError(f"web chat {self.scope!r} is not started")
+        return await self.sink(inbound)
+
+    def visitor_from(self, token: object) -> str | None:
+        return verify_visitor(self.settings.secret.get_secret_value(), self.scope, token)
+
+    def origin_ok(self, request: web.Request) -> bool:
+        own = f"{request.scheme}://{request.host}"
+        return self.settings.origin_allowed(request.headers.get("Origin"), own)
+
+    async def status(self) -> dict[str, object]:
+        """Can someone answer now? `reason`: open, closed (outside hours) or no_agent."""
+        hours = self.settings.hours
+        if hours is not None and not hours.calendar().is_open(self.clock()):
+            return {"online": False, "reason": "closed"}
+        if self.settings.offline_when_no_agent and not await self.store.agents_available():
+            return {"online": False, "reason": "no_agent"}
+        return {"online": True, "reason": "open"}

@@ -1,0 +1,105 @@
+"""Typed settings of the web chat channel."""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import date
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from channels.base import AdapterSettings
+from umsg.routing import clock
+
+
+class ChatHours(BaseModel):
+    """When the chat is staffed: weekly hours per weekday in a time zone, plus holidays."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tz: str
+    mon: str = ""
+    tue: str = ""
+    wed: str = ""
+    thu: str = ""
+    fri: str = ""
+    sat: str = ""
+    sun: str = ""
+    holidays: list[date] = Field(default_factory=list)
+
+    @field_validator("tz")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        clock.zone(v)
+        return v
+
+    @field_validator("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    @classmethod
+    def _day(cls, v: str) -> str:
+        clock.parse_intervals(v)
+        return v
+
+    def calendar(self) -> clock.Calendar:
+        week = {d: getattr(self, d) for d in clock.DAYS}
+        return clock.parse_calendar(self.tz, week, list(self.holidays))
+
+
+class WebchatSettings(AdapterSettings):
+    # Signs visitor tokens (HMAC-SHA256): without it nobody can claim another visitor's history.
+    secret: SecretStr = Field(min_length=16)
+    # Pages allowed to open the chat socket and upload (scheme://host[:port]); "*" allows any.
+    # The server's own origin is always allowed.
+    allowed_origins: list[str] = Field(default_factory=list)
+    project: str = "default"
+    # Name stamped on messages (replies are dispatched to the instance of that name); default: instance.
+    channel: str | None = Field(default=None, min_length=1, max_length=32)
+    max_text_chars: int = Field(default=4000, ge=1, le=100_000)
+    max_upload_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # Media types a visitor may upload; a trailing "/*" matches a whole family.
+    upload_types: list[str] = Field(
+        default_factory=lambda: ["image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf",
+                                 "text/plain"])
+    # Staffed hours; None: always. Outside them the widget offers "leave a message".
+    hours: ChatHours | None = None
+    # Also offline when no agent of the project is in state "available".
+    offline_when_no_agent: bool = True
+    prechat_form: bool = True
+    transcript: bool = True
+    rating: bool = True
+    # The email channel (instance name) that carries offline messages' follow-ups and transcripts.
+    email_channel: str = "email"
+    title: str = Field(default="Chat with us", max_length=100)
+    # How many earlier messages a (re)connecting visitor gets back.
+    history_limit: int = Field(default=200, ge=0, le=2000)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for o in v:
+            if o == "*":
+                out.append(o)
+                continue
+            parts = urlsplit(o)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"{o!r} is not an origin like https://www.example.com")
+            out.append(f"{parts.scheme}://{parts.netloc}".lower())
+        return out
+
+    @field_validator("upload_types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if t.count("/") != 1 or " " in t:
+                raise ValueError(f"{t!r} is not a media type like image/png or image/*")
+        return [t.lower() for t in v]
+
+    def origin_allowed(self, origin: str | None, own: str) -> bool:
+        """May a page of `origin` use the chat? Requests without Origin (not browsers) may."""
+        if origin is None:
+            return True
+        o = origin.lower().rstrip("/")
+        return o == own.lower() or "*" in self.allowed_origins or o in self.allowed_origins
+
+    def upload_allowed(self, media_type: str) -> bool:
+        mt = media_type.split(";", 1)[0].strip().lower()
+        return any(fnmatch.fnmatchcase(mt, pattern) for pattern in self.upload_types)
