@@ -1,0 +1,185 @@
+"""SIP over UDP and TCP: listeners that hand each message (with where it came from) to a handler.
+
+UDP: one datagram is one message. TCP: messages are framed by the blank line after the headers
+and Content-Length; a connection that sends an oversized or unframeable head is closed. Neither
+listener ever dies because of what a peer sends: the handler's exceptions are logged and the
+next message is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from channels.telephony.sipmsg import MAX_BODY_BYTES, MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a message came from, and how to answer it (UDP: to that address; TCP: that connection)."""
+
+    proto: str  # "udp" | "tcp"
+    addr: tuple[str, int]
+    send: Callable[[bytes], None]
+    local: tuple[str, int]
+    # Ends a TCP connection we opened for outgoing requests (None: not ours to close).
+    close: Callable[[], None] | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.proto == "tcp"
+
+
+Handler = Callable[[bytes, Source], None]
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        local = transport.get_extra_info("sockname")
+
+        def send(payload: bytes, _a: tuple[str, int] = (addr[0], addr[1])) -> None:
+            if not transport.is_closing():
+                transport.sendto(payload, _a)
+
+        try:
+            self.handler(data, Source("udp", (addr[0], addr[1]), send, (local[0], local[1])))
+        except Exception:  # noqa: BLE001 - one bad datagram must not stop the listener
+            log.exception("SIP handler failed on a datagram from %s", addr)
+
+
+class SipListeners:
+    """The UDP socket and TCP server of one SIP front door."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int, *, tcp: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _p = await loop.create_datagram_endpoint(lambda: _Udp(self.handler), local_addr=(host, port))
+        self._udp = transport
+        if tcp:
+            # The same port number over TCP (0 means: whatever UDP got).
+            self._tcp = await asyncio.start_server(self._serve_tcp, host, self.udp_port)
+
+    @property
+    def udp_port(self) -> int:
+        assert self._udp is not None
+        return int(self._udp.get_extra_info("sockname")[1])
+
+    @property
+    def tcp_port(self) -> int | None:
+        if self._tcp is None or not self._tcp.sockets:
+            return None
+        return int(self._tcp.sockets[0].getsockname()[1])
+
+    def udp_source(self, addr: tuple[str, int]) -> Source:
+        """A `Source` for sending from our UDP socket to `addr` (requests we originate)."""
+        transport = self._udp
+        assert transport is not None
+        local = transport.get_extra_info("sockname")
+
+        def send(payload: bytes) -> None:
+            if not transport.is_closing():
+                transport.sendto(payload, addr)
+
+        return Source("udp", addr, send, (local[0], local[1]))
+
+    async def connect_tcp(self, addr: tuple[str, int]) -> Source:
+        """Open a TCP connection to `addr` for requests we originate; what the peer sends back on
+        it reaches the handler like any message on an accepted connection."""
+        reader, writer = await asyncio.open_connection(addr[0], addr[1])
+        opened: asyncio.Future[Source] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._stream(reader, writer, opened))
+        self._conns.add(task)
+        task.add_done_callback(self._conns.discard)
+        return await opened
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._stream(reader, writer, None)
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      opened: asyncio.Future[Source] | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        peer = writer.get_extra_info("peername")
+        local = writer.get_extra_info("sockname")
+
+        def send(payload: bytes) -> None:
+            if not writer.is_closing():
+                writer.write(payload)
+
+        source = Source("tcp", (peer[0], peer[1]), send, (local[0], local[1]),
+                        writer.close if opened is not None else None)
+        if opened is not None:
+            opened.set_result(source)
+        try:
+            while True:
+                message = await _read_framed(reader)
+                if message is None:
+                    break
+                try:
+                    self.handler(message, source)
+                except Exception:  # noqa: BLE001
+                    log.exception("SIP handler failed on a TCP message from %s", peer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            log.info("closing SIP TCP connection from %s after a framing error", peer)
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def aclose(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        for task in list(self._conns):
+            task.cancel()
+        if self._tcp is not None:
+            self._tcp.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._tcp.wait_closed(), 5)
+            self._tcp = None
+
+
+async def _read_framed(reader: asyncio.StreamReader) -> bytes | None:
+    """One message from a stream, or None at a clean end of stream."""
+    head = b""
+    while not head.strip():  # keep-alive CRLFs between messages
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                raise
+            return None
+        if len(head) > MAX_MESSAGE_BYTES:
+            raise ValueError("SIP head too large")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() in (b"content-length", b"l"):
+            length = int(value.strip() or b"0")
+    if length < 0 or length > MAX_BODY_BYTES:
+        raise ValueError("bad Content-Length on a stream")
+    body = await reader.readexactly(length) if length else b""
+    return head + body
