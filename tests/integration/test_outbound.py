@@ -22,7 +22,16 @@ from umsg.core import Core
 from umsg.dispatch import Dispatcher
 from umsg.errors import NotFound, PermanentError, TransientError
 from umsg.events import EventLog
-from umsg.model import Address, DeliveryResult, DeliveryStatus, IdentityKind, Inbound, IngestResult, Outbound
+from umsg.model import (
+    Address,
+    DeliveryResult,
+    DeliveryStatus,
+    IdentityKind,
+    Inbound,
+    InboundPart,
+    IngestResult,
+    Outbound,
+)
 from umsg.outbound import Outbox
 
 SECRET = "hook-secret"
@@ -524,3 +533,23 @@ async def test_a_number_opted_out_under_another_kind_is_refused(core: Core, pid:
     with pytest.raises(PermanentError, match=r"\+4930123456 has opted out"):
         await Outbox(core.sessions, core.events).reply(
             project_id=pid, conversation_id=conv.conversation_id, text="x", channel="sms")
+
+
+async def test_voicemail_is_answered_by_sms_or_email_to_the_callers_identities(core: Core, pid: int) -> None:
+    # A caller leaves a voicemail, then writes from an address the agent merged onto the contact.
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt "
+    vm = await core.ingest.ingest(Inbound(
+        channel="voicemail", sender=Address(IdentityKind.PHONE, "+15550123", "Dana"), recipients=("100",),
+        dedupe_key=f"call-{uuid.uuid4().hex}", raw=wav, raw_media_type="audio/wav", text="Voicemail from +15550123",
+        parts=(InboundPart("audio/wav", wav, "voicemail.wav", role="recording"),)))
+    async with core.sessions() as s:
+        s.add(Identity(project_id=pid, contact_id=vm.contact_id, kind="email", value="dana@example.com"))
+        await s.commit()
+    outbox = Outbox(core.sessions, core.events)
+    by_sms = await outbox.reply(project_id=pid, conversation_id=vm.conversation_id, text="Call back", channel="sms")
+    assert (by_sms.channel, by_sms.to_addrs) == ("sms", ["+15550123"])
+    by_mail = await outbox.reply(project_id=pid, conversation_id=vm.conversation_id, text="Details", channel="email")
+    assert (by_mail.channel, by_mail.to_addrs) == ("email", ["dana@example.com"])
+    async with core.sessions() as s:
+        jobs = (await s.scalars(select(Job))).all()
+    assert sorted(j.payload.get("message_id") for j in jobs) == sorted([by_sms.id, by_mail.id])
