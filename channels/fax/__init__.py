@@ -9,6 +9,8 @@ re-INVITE) or when the number asks (`request_t38`); a 488 keeps G.711. Pages tha
 before a call dropped are kept, the item marked partial. The number's owner gets the PDF by
 email (`notify.py` documents the template). Fax machines that reach a voicemail number are
 handed over (`FaxChannel.app_for` is the voicemail channel's `set_fax_apps` hook).
+Email-to-fax is a channel route that forwards mail for `fax+<number>@` to `{recipient_detail}` on
+this channel (README "Channels"; `umsg.routing.actions`).
 
 Sending: `send` renders to TIFF-F, stores a durable job and answers ACCEPTED; the call goes
 out through the `send.trunk` (T.38 first, G.711 on 488), busy/no answer retried on

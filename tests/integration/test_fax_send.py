@@ -20,7 +20,7 @@ from channels.fax import FaxChannel, FaxSettings
 from storage.models import Message, Part
 from umsg.core import Core
 from umsg.dispatch import Dispatcher
-from umsg.model import Address, IdentityKind, Inbound, OutboundPart
+from umsg.model import Address, IdentityKind, Inbound, InboundPart, OutboundPart
 from umsg.outbound import Outbox
 
 pytestmark = pytest.mark.slow
@@ -164,3 +164,39 @@ async def test_unrenderable_attachment_fails_at_once(core: Core) -> None:
         await sending.aclose()
     msg = await message(core, reply.id)
     assert msg.status == "failed" and "cannot fax" in (msg.status_detail or "")
+
+
+async def test_email_to_fax_route_faxes_the_mail_and_its_pdf(make_settings: Any, tmp_path: Path) -> None:
+    # Staff mail fax+<number>@acme.test; the route forwards the text and the PDF to that number.
+    route = {"name": "email-to-fax", "channel": "email", "to": r"re:fax\+\d+@acme\.test",
+             "sender": r"re:.*@acme\.test",
+             "action": "forward", "forward_to": "+{recipient_detail}", "forward_channel": "fax"}
+    core = await Core.open(make_settings(routes=[route]))
+    await core.start()
+    receiving, sending = await start_pair(core, {"t38": "invite"}, {})
+    try:
+        pdf = one_page_pdf()
+        res = await core.ingest.ingest(Inbound(
+            channel="email", sender=Address(IdentityKind.EMAIL, "clerk@acme.test", "Clerk"),
+            recipients=(f"fax+{THEIRS.lstrip('+')}@acme.test",), dedupe_key="<e2f-1@acme.test>", raw=b"mail",
+            subject="Invoice", text="Invoice attached.",
+            parts=(InboundPart("application/pdf", pdf, "invoice.pdf"),)))
+        assert res.route == "email-to-fax" and res.queue_item_id is None
+        async with core.readers() as s:
+            out = (await s.scalars(select(Message).where(Message.direction == "out"))).one()
+        assert (out.channel, out.to_addrs, out.flags["forward_of"]) == ("fax", [THEIRS], res.message_id)
+        dispatcher = Dispatcher(core.sessions, core.events, {"fax": sending}, "d", blobs=core.blobs)
+        assert await dispatcher.run_once() == 1
+        assert sending.outgoing is not None
+        await asyncio.wait_for(sending.outgoing.finished(out.id), CALL_SECONDS)
+        sent = await message(core, out.id)
+        assert sent.status == "delivered", sent.status_detail
+        assert sent.flags["delivery"]["pages"] == 2  # the mail's text and the PDF's page
+        async with core.readers() as s:
+            got = (await s.scalars(select(Message).where(Message.direction == "in"))).all()
+        assert [m.channel for m in got] == ["email", "fax"]  # the mail, then the fax it became
+        assert got[1].flags["fax"]["pages"] == 2 and got[1].flags["result"] == "complete"
+    finally:
+        await sending.aclose()
+        await receiving.aclose()
+        await core.aclose()

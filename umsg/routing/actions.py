@@ -6,6 +6,12 @@ answer a message that was not stored, nor store one whose answer is lost.
 An auto-reply is never sent to auto-submitted or bulk mail (the channel sets
 `meta["auto_submitted"]`), nor twice to one conversation within the route's
 `reply_once_per_minutes`; every outcome is written into the message's flags.
+
+A forward carries the message's attachments, and its `to` may name the recipient the
+message was sent to: `{recipient_detail}` is the subaddress of the first recipient
+(`4930123456` in `fax+4930123456@acme.test`, RFC 5233), else its local part. That is
+email-to-fax: a route for `fax+*@acme.test` from the staff's addresses, forwarding to
+`{recipient_detail}` on the fax channel, faxes the mail's text and attachments.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Agent, Contact, Conversation, Message, QueueItem, RouterPin
+from storage.models import Agent, Contact, Conversation, Message, Part, QueueItem, RouterPin
 from umsg.errors import PermanentError
 from umsg.events import EventLog
-from umsg.outbound import add_reply
+from umsg.outbound import StoredAttachment, add_reply
 from umsg.routing.filters import Sample
 from umsg.routing.targets import PreferredAgent, RouteDecision, render
 
@@ -78,18 +84,35 @@ async def send_auto_reply(session: AsyncSession, events: EventLog, *, decision: 
     return outcome
 
 
+# Parts a forward carries: what the sender attached or recorded, not bodies or derived forms.
+FORWARDED_ROLES = ("attachment", "document", "recording")
+
+
+def recipient_detail(to_addrs: list[str] | None) -> str:
+    """The subaddress of the first recipient (`x` in `fax+x@host`), else its local part."""
+    if not to_addrs:
+        return ""
+    local = to_addrs[0].rsplit("@", 1)[0]
+    return local.split("+", 1)[1] if "+" in local else local
+
+
 async def send_forward(session: AsyncSession, events: EventLog, *, decision: RouteDecision,
                        conversation: Conversation, message: Message, now: datetime) -> str:
     """Queue an outbound copy of the message to the route's forward address."""
     fwd = decision.forward
     assert fwd is not None
-    channel = fwd.channel or ("email" if "@" in fwd.to else message.channel)
+    to = fwd.to.replace("{recipient_detail}", recipient_detail(message.to_addrs))
+    channel = fwd.channel or ("email" if "@" in to else message.channel)
     header = f"Forwarded {message.channel} message from {message.from_addr}"
     text = f"{header}:\n\n{message.text or ''}".rstrip() + "\n"
     subject = f"Fwd: {message.subject or conversation.subject or header}"
+    parts = (await session.scalars(
+        select(Part).where(Part.message_id == message.id, Part.role.in_(FORWARDED_ROLES),
+                           Part.derived_from_id.is_(None)).order_by(Part.id))).all()
+    attachments = [StoredAttachment(p.sha256, p.media_type, p.size, p.filename) for p in parts]
     try:
         out = await add_reply(session, events, conversation=conversation, text=text, subject=subject,
-                              channel=channel, to=fwd.to, automatic=True, now=now,
+                              channel=channel, to=to, automatic=True, now=now, attachments=attachments,
                               flags={"route": decision.route, "forward_of": message.id})
         outcome = f"sent: message {out.id}"
     except PermanentError as exc:
