@@ -125,11 +125,10 @@ class TimeWindowSettings(_Strict):
         return self
 
 
-class HoursSettings(_Strict):
-    """A business-hours calendar, and whether the route wants it `open` (true) or closed (false)."""
+class CalendarSettings(_Strict):
+    """Business hours: intervals per weekday (`"09:00-12:00,13:00-17:00"`) in a time zone, plus holidays."""
 
     tz: str
-    open: bool = True
     mon: str = ""
     tue: str = ""
     wed: str = ""
@@ -154,6 +153,16 @@ class HoursSettings(_Strict):
     def _holidays(cls, v: list[date | str]) -> list[date | str]:
         _checked(lambda hs: clock.parse_calendar("UTC", {}, hs), v)
         return v
+
+    def calendar(self) -> clock.Calendar:
+        week = {d: getattr(self, d) for d in clock.DAYS}
+        return clock.parse_calendar(self.tz, week, list(self.holidays))
+
+
+class HoursSettings(CalendarSettings):
+    """A business-hours calendar, and whether the route wants it `open` (true) or closed (false)."""
+
+    open: bool = True
 
 
 class PreferredAgentSettings(_Strict):

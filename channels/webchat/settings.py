@@ -3,44 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
-from datetime import date
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from channels.base import AdapterSettings
-from umsg.routing import clock
-
-
-class ChatHours(BaseModel):
-    """When the chat is staffed: weekly hours per weekday in a time zone, plus holidays."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    tz: str
-    mon: str = ""
-    tue: str = ""
-    wed: str = ""
-    thu: str = ""
-    fri: str = ""
-    sat: str = ""
-    sun: str = ""
-    holidays: list[date] = Field(default_factory=list)
-
-    @field_validator("tz")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        clock.zone(v)
-        return v
-
-    @field_validator("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-    @classmethod
-    def _day(cls, v: str) -> str:
-        clock.parse_intervals(v)
-        return v
-
-    def calendar(self) -> clock.Calendar:
-        week = {d: getattr(self, d) for d in clock.DAYS}
-        return clock.parse_calendar(self.tz, week, list(self.holidays))
+from umsg.config import CalendarSettings
 
 
 class WebchatSettings(AdapterSettings):
@@ -59,7 +27,7 @@ class WebchatSettings(AdapterSettings):
         default_factory=lambda: ["image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf",
                                  "text/plain"])
     # Staffed hours; None: always. Outside them the widget offers "leave a message".
-    hours: ChatHours | None = None
+    hours: CalendarSettings | None = None
     # Also offline when no agent of the project is in state "available".
     offline_when_no_agent: bool = True
     prechat_form: bool = True

@@ -55,9 +55,7 @@ def _filters(rs: RouteSettings) -> tuple[Filter, ...]:
         window = clock.TimeWindow(t.tz, clock.parse_hhmm(t.start), clock.parse_hhmm(t.end, end=True), days)
         out.append(TimeFilter(window))
     if rs.hours is not None:
-        h = rs.hours
-        week = {d: getattr(h, d) for d in clock.DAYS}
-        out.append(HoursFilter(clock.parse_calendar(h.tz, week, h.holidays), h.open))
+        out.append(HoursFilter(rs.hours.calendar(), rs.hours.open))
     if rs.contact is not None:
         items = [rs.contact] if isinstance(rs.contact, str) else rs.contact
         out.append(ContactFilter(tuple(parse_condition(c) for c in items)))
