@@ -6,7 +6,8 @@ hello) and A agents on the events websocket `/api/v1/events`, all on loopback, d
 this process. Each customer sends M chat lines (paced at `--rate` lines per second over
 all customers); a line's latency is the time from the customer's send to the arrival, at
 the agent who serves that customer (customer i → agent i mod A), of the `message.created`
-event naming the stored message. Every agent sees every event, as in the inbox.
+event naming the stored message. Every agent sees every event, and asks for batched frames
+(`batch=true`, a JSON array of the events ready together), as the inbox does.
 
 Baseline, measured in the same run with the same clients and pacing: a raw aiohttp
 websocket relay in a child process that forwards each customer frame to the same agent
@@ -197,13 +198,16 @@ async def run_umsg(url: str, tokens: list[str], args: argparse.Namespace, proc: 
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 break
-            ev = json.loads(msg.data)
-            if ev.get("kind") == "message.created" and ev["payload"].get("direction") == "in":
-                received[a].setdefault(int(ev["payload"]["message_id"]), time.perf_counter())
-                if len(acked) >= total:
-                    check()
+            now = time.perf_counter()
+            data = json.loads(msg.data)
+            for ev in data if isinstance(data, list) else [data]:
+                if ev.get("kind") == "message.created" and ev["payload"].get("direction") == "in":
+                    received[a].setdefault(int(ev["payload"]["message_id"]), now)
+            if len(acked) >= total:
+                check()
 
-    agent_ws = [await http.ws_connect(f"{ws_url}/api/v1/events", params={"access_token": t}) for t in tokens]
+    agent_ws = [await http.ws_connect(f"{ws_url}/api/v1/events", params={"access_token": t, "batch": "true"})
+                for t in tokens]
     agent_tasks = [asyncio.create_task(agent_loop(a, ws)) for a, ws in enumerate(agent_ws)]
 
     rss_before = proc.memory_info().rss

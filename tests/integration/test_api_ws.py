@@ -121,3 +121,29 @@ async def test_server_shutdown_closes_the_feed(api: Api) -> None:
         msg = await ws.receive(timeout=FRAME_TIMEOUT)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
+
+
+async def test_batch_mode_sends_the_events_ready_together_as_one_array(api: Api) -> None:
+    for i in range(3):
+        await api.message(sender=f"b{i}@example.com")
+    log = await api.core.events.since(0, None, 1000)
+    expected = as_json(log)
+    async with api.client.ws_connect("/api/v1/events", params={"after": "0", "batch": "true"},
+                                     headers=api.auth("admin")) as ws:
+        got: list[dict[str, Any]] = []
+        frames = 0
+        while len(got) < len(expected):
+            frame = await ws.receive_json(timeout=FRAME_TIMEOUT)
+            assert isinstance(frame, list) and frame, frame
+            got.extend(frame)
+            frames += 1
+        assert got == expected
+        # The backlog was all there at connect: it comes as one array, not one frame per event.
+        assert frames < len(expected)
+        assert await drain_until_pong(ws) == []
+
+        sent = await api.message(sender="live-batch@example.com")
+        live = await ws.receive_json(timeout=FRAME_TIMEOUT)
+        assert isinstance(live, list)
+        assert all(e["id"] > expected[-1]["id"] for e in live)
+        assert sent["conversation_id"] in {e["payload"].get("conversation_id") for e in live}

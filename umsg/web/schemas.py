@@ -189,3 +189,7 @@ class EventsQuery(Body):
     after: int | None = Field(
         default=None, ge=0, le=MAX_ID, description="resume after this event id (default: only new events)"
     )
+    batch: bool = Field(
+        default=False,
+        description="send the events that are ready together as one JSON array per frame (fewer frames under load)",
+    )

@@ -2,7 +2,10 @@
 
 A client connects to `/api/v1/events?after=N` and first receives every event
 after N it may see (so a reconnect resumes without gaps), in id order, then
-live ones. Events come from the shared log, not from in-process callbacks: every
+live ones. With `batch=true` every frame is a JSON array of the events that
+were ready together (oldest first): under load a busy feed then costs one frame
+and one socket write per wake-up instead of one per event, which is what the
+agents' inbox uses. Events come from the shared log, not from in-process callbacks: every
 feed of the process is a subscription to the one reader of `EventLog.subscribe`,
 which is woken at once by changes made in this process and polls for those
 committed by other processes. Messages from the client: `{"type": "ping"}` is answered with
@@ -43,6 +46,8 @@ class _Feed:
     # call midway leaves the driver to close its connection in a stray task.
     waiting: bool = False
     stopping: bool = False
+    # Send the events of one wake-up as one JSON array frame.
+    batch: bool = False
 
 
 async def _send(feed: _Feed, data: object) -> None:
@@ -67,6 +72,12 @@ async def _pump(feed: _Feed) -> None:
                 batch = await feed.sub.next(POLL_SECONDS)
             finally:
                 feed.waiting = False
+            if feed.batch and batch:
+                if feed.stopping:
+                    return
+                # Each event is serialised once for every socket of the process; only the join is per socket.
+                await _send_text(feed, "[" + ",".join(feed.sub.rendered(ev, _event_text) for ev in batch) + "]")
+                continue
             for ev in batch:
                 if feed.stopping:
                     return
@@ -123,7 +134,7 @@ async def events_feed(ctx: Ctx) -> web.StreamResponse:
     await ws.prepare(ctx.request)
     ctx.request.app[OPEN_SOCKETS].add(ws)
     sub = await ctx.core.events.subscribe(cursor, ctx.me.project_ids)
-    feed = _Feed(ws=ws, sub=sub, lock=asyncio.Lock())
+    feed = _Feed(ws=ws, sub=sub, lock=asyncio.Lock(), batch=q.batch)
     pump = asyncio.create_task(_pump(feed))
     try:
         async for msg in ws:
