@@ -72,15 +72,19 @@ class BatchState:
     # Fresh ids for the rows the batch may create, per table (see preread).
     ids: dict[Table, list[int]] = field(default_factory=dict)
 
-    async def load(self, conn: AsyncConnection, reader: PreReader, bulk: Bulk, wants: Sequence[Want]) -> None:
-        """Read what `wants` needs: one statement, plus two more when stored conversations are named."""
+    async def load(self, conn: AsyncConnection, reader: PreReader, bulk: Bulk, wants: Sequence[Want],
+                   begin: bool = False) -> None:
+        """Read what `wants` needs: one statement, plus two more when stored conversations are named.
+
+        `begin`: the first read opens the writer's transaction (see `Bulk.fetch`).
+        """
         if not wants:
             return
         upper = (len(wants), len(wants), len(wants), sum(w.blobs for w in wants), len(wants))
         rows = await reader.read(conn, bulk, projects={w.project_id for w in wants},
                                  channels={w.channel for w in wants}, keys={w.dedupe_key for w in wants},
                                  kinds={w.kind for w in wants}, senders={w.sender for w in wants},
-                                 refs={k for w in wants for k in (*w.refs, *w.own)}, upper=upper)
+                                 refs={k for w in wants for k in (*w.refs, *w.own)}, upper=upper, begin=begin)
         drawn: list[list[int]] = [[] for _ in ID_TABLES]
         for tag, pid, a, b, c, d, e, s1, s2, s3, s4 in rows:
             if tag == "m":

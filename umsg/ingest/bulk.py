@@ -13,7 +13,10 @@ prepares and pipelines executemany itself) goes through SQLAlchemy as usual.
 `write` hands all of a batch's statements to aiosqlite at once: its thread
 runs its queue in order, so the statements keep their (foreign-key) order and
 run back to back, instead of each waiting for the busy event loop to collect
-the previous result and send the next.
+the previous result and send the next. The same queueing lets the writer put
+BEGIN IMMEDIATE in front of its first read (`fetch(begin=True)`) and COMMIT
+behind its last write (`write(commit=True)`): each is then no round trip of its
+own, where on a busy loop every round trip costs milliseconds of waiting.
 """
 
 from __future__ import annotations
@@ -74,28 +77,39 @@ class Bulk:
             return
         await self._driver(conn, "executemany", shape.sql, self._params(shape, rows))
 
-    async def write(self, conn: AsyncConnection, ops: Sequence[tuple[str, Table, Sequence[Mapping[str, Any]]]]) -> None:
-        """Run `ops` ("insert" or "update", table, rows) in order; on SQLite in one pipelined go."""
+    async def write(self, conn: AsyncConnection, ops: Sequence[tuple[str, Table, Sequence[Mapping[str, Any]]]],
+                    *, commit: bool = False) -> bool:
+        """Run `ops` ("insert" or "update", table, rows) in order; on SQLite in one pipelined go.
+
+        With `commit`, on SQLite the pipeline ends with COMMIT, and True says the
+        transaction is committed (durably: the engine runs `synchronous=FULL`);
+        False leaves the commit to the caller (PostgreSQL, or a shape that needs
+        SQLAlchemy's own execution).
+        """
         ops = [op for op in ops if op[2]]
         shapes = [self._compile(conn, kind, table, tuple(rows[0])) if conn.dialect.name == "sqlite" else None
                   for kind, table, rows in ops]
-        if not ops or None in shapes:
+        if conn.dialect.name != "sqlite" or None in shapes:
             for kind, table, rows in ops:
                 await self._run(conn, kind, table, rows)
-            return
+            return False
         driver = await self._driver_connection(conn)
-        calls = []
+        calls: list[tuple[str, Any]] = []
         for shape, (_kind, _table, rows) in zip(shapes, ops, strict=True):
             assert shape is not None
             calls.append((shape.sql, self._params(shape, rows)))
+        runs = [driver.executemany(sql, params) for sql, params in calls]
+        if commit:
+            calls.append(("COMMIT", ()))
+            runs.append(driver.execute("COMMIT"))
         # Each call queues its statement when its task starts; gather starts them in order.
-        results = await asyncio.gather(*(driver.executemany(sql, params) for sql, params in calls),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*runs, return_exceptions=True)
         for (sql, params), result in zip(calls, results, strict=True):
             if isinstance(result, conn.dialect.loaded_dbapi.Error):
                 raise DBAPIError.instance(sql, params, result, conn.dialect.loaded_dbapi.Error) from result
             if isinstance(result, BaseException):
                 raise result
+        return commit
 
     @staticmethod
     def _params(shape: _Compiled, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
@@ -103,8 +117,13 @@ class Bulk:
                 for r in rows]
 
     async def fetch(self, conn: AsyncConnection, stmt: Select[Any] | CompoundSelect[Any],
-                    params: Mapping[str, Any]) -> Sequence[Any]:
-        """The rows of `stmt` (scalar parameters only), through the driver in one hop on SQLite."""
+                    params: Mapping[str, Any], *, begin: bool = False) -> Sequence[Any]:
+        """The rows of `stmt` (scalar parameters only), through the driver in one hop on SQLite.
+
+        With `begin`, on SQLite BEGIN IMMEDIATE is queued in front of the read (the
+        transaction `conn.begin()` opened on a `writer_connection` takes its write
+        lock here); elsewhere the transaction has already begun.
+        """
         if conn.dialect.name != "sqlite":
             return list(await conn.execute(stmt, dict(params)))
         shape = self._selects.get(stmt)
@@ -122,10 +141,27 @@ class Bulk:
             shape = self._selects[stmt] = _Compiled(str(compiled), names, procs, fixed, results)
         values = tuple(p(v) if p is not None else v for p, v in zip(
             shape.processors, (params[n] if n in params else shape.fixed[n] for n in shape.names), strict=True))
-        rows: Sequence[Any] = await self._driver(conn, "execute_fetchall", shape.sql, values)
+        rows: Sequence[Any]
+        if begin:
+            rows = await self._begin_and_fetch(conn, shape.sql, values)
+        else:
+            rows = await self._driver(conn, "execute_fetchall", shape.sql, values)
         if not any(shape.results):
             return rows
         return [tuple(p(v) if p is not None else v for p, v in zip(shape.results, row, strict=True)) for row in rows]
+
+    async def _begin_and_fetch(self, conn: AsyncConnection, sql: str, values: tuple[Any, ...]) -> Sequence[Any]:
+        driver = await self._driver_connection(conn)
+        began, rows = await asyncio.gather(driver.execute("BEGIN IMMEDIATE"), driver.execute_fetchall(sql, values),
+                                           return_exceptions=True)
+        # If BEGIN failed (the lock timed out) the read ran outside any transaction: its rows are void.
+        for statement, params, result in (("BEGIN IMMEDIATE", (), began), (sql, values, rows)):
+            if isinstance(result, conn.dialect.loaded_dbapi.Error):
+                raise DBAPIError.instance(statement, params, result, conn.dialect.loaded_dbapi.Error) from result
+            if isinstance(result, BaseException):
+                raise result
+        assert not isinstance(rows, BaseException)
+        return list(rows)
 
     @staticmethod
     async def _driver_connection(conn: AsyncConnection) -> Any:

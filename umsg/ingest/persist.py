@@ -138,10 +138,11 @@ def _changed(table: Table, rows: Sequence[ContactRow | ConvRow], now: datetime) 
 
 
 async def write(conn: AsyncConnection, bulk: Bulk, fresh: Mapping[Table, list[int]], works: Sequence[Work],
-                now: datetime) -> None:
+                now: datetime, *, commit: bool = False) -> bool:
     """Insert the rows of `works` (decided by the steps) and update the stored rows they changed.
 
     `fresh` holds enough unused ids per table for every row the batch can create.
+    With `commit`, COMMIT may go in the same pipeline (`Bulk.write`); returns whether it did.
     """
     contacts, convs = assign_ids(fresh, works)
     rows = _Rows()
@@ -163,4 +164,4 @@ async def write(conn: AsyncConnection, bulk: Bulk, fresh: Mapping[Table, list[in
     ops += _changed(_CONVERSATION, list(stored_convs.values()), now)
     stored_contacts = {id(w.contact): w.contact for w in works if w.contact is not None}
     ops += _changed(_CONTACT, list(stored_contacts.values()), now)
-    await bulk.write(conn, ops)
+    return await bulk.write(conn, ops, commit=commit)

@@ -140,12 +140,15 @@ class PreReader:
 
     async def read(self, conn: AsyncConnection, bulk: Bulk, *, projects: set[int], channels: set[str],
                    keys: set[str], kinds: set[str], senders: set[str], refs: set[str],
-                   upper: Sequence[int]) -> Sequence[Any]:
-        """The tagged rows; `upper[i]` bounds the new rows of `ID_TABLES[i]` (PostgreSQL draws that many)."""
+                   upper: Sequence[int], begin: bool = False) -> Sequence[Any]:
+        """The tagged rows; `upper[i]` bounds the new rows of `ID_TABLES[i]` (PostgreSQL draws that many).
+
+        `begin`: this read opens the writer's transaction (SQLite: BEGIN IMMEDIATE goes with it).
+        """
         # Each filter names the leading columns of a unique index, so every branch is a few index probes.
         lists: dict[str, list[Any]] = {"projects": list(projects), "channels": list(channels), "keys": list(keys),
                                        "kinds": list(kinds), "senders": list(senders), "refs": list(refs)}
         if conn.dialect.name == "sqlite":
-            return await bulk.fetch(conn, self._sqlite, {k: json.dumps(v) for k, v in lists.items()})
+            return await bulk.fetch(conn, self._sqlite, {k: json.dumps(v) for k, v in lists.items()}, begin=begin)
         params: dict[str, Any] = {**lists, **{f"n{i}": int(n) for i, n in enumerate(upper)}}
         return list(await conn.execute(self._postgres, params))
