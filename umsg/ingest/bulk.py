@@ -152,16 +152,15 @@ class Bulk:
 
     async def _begin_and_fetch(self, conn: AsyncConnection, sql: str, values: tuple[Any, ...]) -> Sequence[Any]:
         driver = await self._driver_connection(conn)
-        began, rows = await asyncio.gather(driver.execute("BEGIN IMMEDIATE"), driver.execute_fetchall(sql, values),
-                                           return_exceptions=True)
+        results: tuple[Any, ...] = await asyncio.gather(
+            driver.execute("BEGIN IMMEDIATE"), driver.execute_fetchall(sql, values), return_exceptions=True)
         # If BEGIN failed (the lock timed out) the read ran outside any transaction: its rows are void.
-        for statement, params, result in (("BEGIN IMMEDIATE", (), began), (sql, values, rows)):
+        for statement, params, result in zip(("BEGIN IMMEDIATE", sql), ((), values), results, strict=True):
             if isinstance(result, conn.dialect.loaded_dbapi.Error):
                 raise DBAPIError.instance(statement, params, result, conn.dialect.loaded_dbapi.Error) from result
             if isinstance(result, BaseException):
                 raise result
-        assert not isinstance(rows, BaseException)
-        return list(rows)
+        return list(results[1])
 
     @staticmethod
     async def _driver_connection(conn: AsyncConnection) -> Any:
