@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class _Udp(asyncio.DatagramProtocol):
             log.exception("SIP handler failed on a datagram from %s", addr)
 
 
+_ANY_PORT_ATTEMPTS = 20
+
+
 class SipListeners:
     """The UDP socket and TCP server of one SIP front door."""
 
@@ -74,11 +78,23 @@ class SipListeners:
 
     async def start(self, host: str, port: int, *, tcp: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        transport, _p = await loop.create_datagram_endpoint(lambda: _Udp(self.handler), local_addr=(host, port))
-        self._udp = transport
-        if tcp:
-            # The same port number over TCP (0 means: whatever UDP got).
-            self._tcp = await asyncio.start_server(self._serve_tcp, host, self.udp_port)
+        # With port 0 the number UDP got may already be taken over TCP (another socket's
+        # ephemeral port): then try a fresh pair rather than fail the listener.
+        attempts = _ANY_PORT_ATTEMPTS if port == 0 else 1
+        for attempt in range(attempts):
+            transport, _p = await loop.create_datagram_endpoint(lambda: _Udp(self.handler), local_addr=(host, port))
+            self._udp = transport
+            if not tcp:
+                return
+            try:
+                # The same port number over TCP (0 means: whatever UDP got).
+                self._tcp = await asyncio.start_server(self._serve_tcp, host, self.udp_port)
+                return
+            except OSError as exc:
+                transport.close()
+                self._udp = None
+                if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                    raise
 
     @property
     def udp_port(self) -> int:
