@@ -9,6 +9,12 @@ the measured server is the email channel parsing each message and answering
 250 only after `core.ingest.ingest` committed (SQLite in WAL in a temp dir,
 or the PostgreSQL at 127.0.0.1:5432 with `--db postgres`).
 
+Two floors, run once each with the same client, show what the goal leaves for the store:
+`channel_only` is the same email channel (parsing included) handing each message to a sink
+that stores nothing (`channel_only_pool`: the same with every message parsed in two worker
+processes), and `minimal_store` the channel with `floor_store.MinimalStore` (one
+SQLite row per message, group-committed, 250 after commit) instead of the core's ingest.
+
     python bench/smtp_ingest.py [--quick] [--clients 8] [--messages N] [--db sqlite|postgres]
 
 Prints one JSON object per server, then the summary object last:
@@ -32,11 +38,14 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from floor_store import MinimalStore  # noqa: E402
 
 from channels.email import EmailChannel, EmailSettings  # noqa: E402
 from umsg.config import load_settings  # noqa: E402
 from umsg.core import Core  # noqa: E402
+from umsg.model import Inbound, IngestResult  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "email"
 PG_DSN = os.environ.get("UMSG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -122,6 +131,26 @@ async def with_channel(
             await conn.close()
 
 
+async def with_floor(kind: str, data_dir: Path, fn: Callable[[int], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """The email channel over a store-nothing sink (`channel_only`) or `MinimalStore`."""
+    store = MinimalStore(data_dir / "floor.db") if kind == "minimal_store" else None
+
+    async def nowhere(inbound: Inbound) -> IngestResult:
+        return IngestResult(message_id=0, conversation_id=0, contact_id=0, duplicate=False)
+
+    # `_pool`: every message parsed in two worker processes, so parsing uses the second core.
+    pool: dict[str, Any] = {"parse_inline_bytes": 0, "parse_workers": 2} if kind.endswith("_pool") else {}
+    channel = EmailChannel("bench", EmailSettings(domain="acme.test", addresses=[RCPT], listen="127.0.0.1:0",
+                                                  max_sessions=64, **pool))
+    await channel.start(store.ingest if store is not None else nowhere)
+    try:
+        return {"name": kind, **await fn(channel.port or 0)}
+    finally:
+        await channel.aclose()
+        if store is not None:
+            store.close()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     messages = corpus()
     total = args.messages or (400 if args.quick else 3000)
@@ -140,10 +169,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ours = await with_channel(args.db, Path(tmp) / "a", timed)
         base2 = await with_sink(timed)
         ours2 = await with_channel(args.db, Path(tmp) / "b", timed)
+        (Path(tmp) / "c").mkdir()
+        floors = [await with_floor(kind, Path(tmp) / "c", timed)
+                  for kind in ("channel_only", "channel_only_pool", "minimal_store")]
     baseline = (base["rate"] + base2["rate"]) / 2
     value = (ours["rate"] + ours2["rate"]) / 2
     print(json.dumps({"name": "smtp_sink", "runs": [base, base2]}), flush=True)
     print(json.dumps({"name": "smtp_ingest_server", "runs": [ours, ours2]}), flush=True)
+    print(json.dumps({"name": "smtp_floors", "runs": floors}), flush=True)
+    params["floor_ratios"] = {f["name"]: round(f["rate"] / baseline, 3) for f in floors}
     return {"name": "smtp_ingest", "value": round(value, 1), "unit": "messages/s",
             "baseline": round(baseline, 1), "ratio": round(value / baseline, 3), "params": params}
 
