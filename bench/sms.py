@@ -8,7 +8,9 @@ the N above, whose jobs the outbox queued too) through the whole outbound path (
 Dispatcher claiming jobs, loading each message, sending, recording the result), per job. MO: the
 SMSC pushes N texts, 10 in flight, each answered only after its ingest committed;
 `mo_channel_*`: the same into a sink that stores nothing (the channel's own share, apart
-from the core ingest). Baseline, same run and peer: a bare `smpp34.Client` with the same
+from the core ingest); `mo_minimal_store_*`: the same into `floor_store.MinimalStore` (one SQLite
+row per text, group-committed, acknowledged after commit), the least a durable store does.
+Baseline, same run and peer: a bare `smpp34.Client` with the same
 window and no storage (submits; MO acknowledged on receipt). Goal: the adapter at >= 0.5
 of the bare client on each. `value` is the adapter's MT rate; the rest is in `params`.
 CPU per message (`*_cpu_ms`, `time.process_time`) counts this whole process, peer included.
@@ -30,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import smpp34  # noqa: E402
+from floor_store import MinimalStore  # noqa: E402
 from peers.smsc import Smsc, smpp_channel  # noqa: E402
 
 from umsg.config import load_settings  # noqa: E402
@@ -93,7 +96,7 @@ async def bare(smsc: Smsc, n: int) -> tuple[Run, Run]:
     return mt, mo
 
 
-async def adapter(smsc: Smsc, core: Core, n: int, in_flight: int) -> tuple[Run, Run, Run, Run]:
+async def adapter(smsc: Smsc, core: Core, n: int, in_flight: int, floor_db: Path) -> tuple[Run, Run, Run, Run, Run]:
     async with smpp_channel(core, smsc.port, smsc, window=WINDOW, registered_delivery=False) as channel:
         seed = await core.ingest.ingest(Inbound(channel="sms", sender=Address(IdentityKind.PHONE, "+447700900123"),
                                                 recipients=("447700900000",), dedupe_key="seed", raw=b"x", text="hi"))
@@ -130,7 +133,14 @@ async def adapter(smsc: Smsc, core: Core, n: int, in_flight: int) -> tuple[Run, 
 
     async with smpp_channel(core, smsc.port, smsc, sink=nowhere, window=WINDOW, registered_delivery=False):
         own = await bounded(n, lambda i: smsc.mo(f"own mo {i}".encode(), source=f"4477007{i % 100000:05d}"))
-    return mt, via, mo, own
+    smsc.esmes.clear()
+    store = MinimalStore(floor_db)
+    try:
+        async with smpp_channel(core, smsc.port, smsc, sink=store.ingest, window=WINDOW, registered_delivery=False):
+            least = await bounded(n, lambda i: smsc.mo(f"floor mo {i}".encode(), source=f"4477006{i % 100000:05d}"))
+    finally:
+        store.close()
+    return mt, via, mo, own, least
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +155,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             core = await Core.open(settings)
             await core.start()
             try:
-                mt, via, mo, own = await adapter(smsc, core, n, args.in_flight)
+                mt, via, mo, own, least = await adapter(smsc, core, n, args.in_flight, Path(tmp) / "floor.db")
             finally:
                 await core.aclose()
     finally:
@@ -162,7 +172,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                        "mo_cpu_ms": round(mo.cpu_ms, 3), "mo_bare_cpu_ms": round(bare_mo.cpu_ms, 3),
                        "mo_channel_per_second": round(own.rate, 1),
                        "mo_channel_ratio": round(own.rate / bare_mo.rate, 3),
-                       "mo_channel_cpu_ms": round(own.cpu_ms, 3)}}
+                       "mo_channel_cpu_ms": round(own.cpu_ms, 3),
+                       "mo_minimal_store_per_second": round(least.rate, 1),
+                       "mo_minimal_store_ratio": round(least.rate / bare_mo.rate, 3),
+                       "mo_minimal_store_cpu_ms": round(least.cpu_ms, 3)}}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
