@@ -11,7 +11,10 @@ event naming the stored message. Every agent sees every event, and asks for batc
 
 Baseline, measured in the same run with the same clients and pacing: a raw aiohttp
 websocket relay in a child process that forwards each customer frame to the same agent
-(no store, no commit). Goal: p99 within 2× the relay's.
+(no store, no commit). Goal: p99 within 2× the relay's. A floor, same clients and pacing: the
+same relay storing each line durably first (`floor_store.MinimalStore`: one SQLite row,
+group-committed with fsync) and only then acknowledging and forwarding it, the least that
+"acknowledged after commit" and "the agent sees stored messages" cost.
 
 Memory: the service's RSS with N idle, greeted customer sockets minus its RSS before they
 connected, divided by N (goal < 64 KB per connection).
@@ -39,7 +42,7 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 SECRET = "bench-secret-0123456789abcdef"
 LISTENING = "listening on "
@@ -94,12 +97,17 @@ async def _serve_umsg(data_dir: str) -> None:
     await run_service(_settings(data_dir))  # prints "umsg listening on URL"; ends on SIGTERM
 
 
-async def _serve_relay() -> None:
-    """The baseline: customers' frames forwarded to agent (customer mod A), nothing stored."""
+async def _serve_relay(store_dir: str | None) -> None:
+    """The baseline: customers' frames forwarded to agent (customer mod A), nothing stored.
+
+    With `store_dir`, the floor: each line is stored and committed before the ack and the forward.
+    """
     from aiohttp import WSMsgType, web
+    from floor_store import MinimalStore
 
     _raise_fd_limit()
     agents: dict[int, web.WebSocketResponse] = {}
+    store = MinimalStore(Path(store_dir) / "floor.db") if store_dir else None
 
     async def agent(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse()
@@ -117,6 +125,8 @@ async def _serve_relay() -> None:
             if msg.type == WSMsgType.TEXT:
                 frame = json.loads(msg.data)
                 if frame.get("type") == "message":
+                    if store is not None:
+                        await store.store(("customer", frame["text"], msg.data.encode(), frame["client_id"]))
                     await ws.send_json({"type": "ack", "client_id": frame["client_id"]})
                     if target in agents:
                         await agents[target].send_json({"id": frame["client_id"]})
@@ -316,6 +326,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 relay = await run_relay(relay_url, args, http)
             finally:
                 await _stop(relay_proc)
+            floor_proc, floor_url = await _spawn("--serve-relay", "--relay-store", data_dir)
+            try:
+                floor = await run_relay(floor_url, args, http)
+            finally:
+                await _stop(floor_proc)
             extra = ("--profile", args.profile) if args.profile else ()
             umsg_proc, umsg_url = await _spawn("--serve-umsg", data_dir, *extra)
             try:
@@ -329,6 +344,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "lost": umsg["lost"]},
         "relay_ms": {"p50": round(_pct(relay["latencies"], 0.5), 2), "p99": round(base99, 2),
                      "lost": relay["lost"]},
+        "durable_relay_ms": {"p50": round(_pct(floor["latencies"], 0.5), 2),
+                             "p99": round(_pct(floor["latencies"], 0.99), 2), "lost": floor["lost"]},
+        "durable_relay_ratio": round(_pct(floor["latencies"], 0.99) / base99, 2) if base99 else None,
         "idle_connection_kb": round(umsg["bytes_per_conn"] / 1024, 1),
         "server_rss_mb": round(umsg["rss_mb"], 1),
     }
@@ -354,6 +372,7 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--profile", metavar="FILE", help="profile the service with cProfile into FILE")
     ap.add_argument("--serve-umsg", metavar="DATA_DIR", help=argparse.SUPPRESS)
     ap.add_argument("--serve-relay", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--relay-store", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.messages = 1
@@ -371,7 +390,7 @@ if __name__ == "__main__":
     elif opts.serve_umsg:
         asyncio.run(_serve_umsg(opts.serve_umsg))
     elif opts.serve_relay:
-        asyncio.run(_serve_relay())
+        asyncio.run(_serve_relay(opts.relay_store))
     else:
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         print(json.dumps(asyncio.run(main(opts))))
