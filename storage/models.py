@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -187,6 +188,20 @@ class Part(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     message: Mapped[Message] = relationship(lazy="raise")
     derived_from: Mapped[Part | None] = relationship(remote_side="Part.id", lazy="raise")
+
+
+class Blob(Base):
+    """The bytes of a small blob, kept in the database (larger ones are files: `storage.blobs`).
+
+    Written by the ingest writer in the transaction of the rows that name them, so a small
+    message costs one durable commit instead of a file, its fsync and its folder's fsync each.
+    Content-addressed like the files: no project, shared by every part with the same bytes.
+    """
+
+    __tablename__ = "blob"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Agent(Base):

@@ -6,6 +6,7 @@ and tests build as many independent cores as they like.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from converters.registry import ConverterRegistry, default_converters
+from storage.blob_rows import read_blob_row
 from storage.blobs import BlobStore
 from storage.db import SessionFactory, create_engine, read_session_factory, session_factory
 from storage.migrate import upgrade
@@ -60,7 +62,7 @@ class Core:
             await upgrade(engine, url, settings.database.schema_name)
         sessions = session_factory(engine)
         readers = read_session_factory(engine)
-        blobs = BlobStore(settings.blob_dir)
+        blobs = BlobStore(settings.blob_dir, inline=functools.partial(read_blob_row, readers))
         converters = default_converters(settings.converters)
         routes = RouteBook.from_settings(settings)
         events = EventLog(sessions, readers)

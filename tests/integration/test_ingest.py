@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from converters.base import Converted
-from storage.models import Contact, Conversation, Event, Identity, Message, Part, QueueItem
+from storage.models import Blob, Contact, Conversation, Event, Identity, Message, Part, QueueItem
 from umsg.core import Core
 from umsg.errors import PermanentError, TransientError
+from umsg.ingest.prepare import INLINE_BLOB_BYTES
 from umsg.model import Address, IdentityKind, Inbound, InboundPart, ThreadHints
 
 
@@ -38,7 +39,7 @@ async def test_ingest_stores_message_contact_conversation_raw_and_queue_item(cor
         assert ident is not None and ident.value == "alice@example.com"
         parts = (await s.scalars(select(Part).where(Part.message_id == res.message_id))).all()
         assert [p.role for p in parts] == ["raw"]
-        assert core.blobs.get_sync(parts[0].sha256) == b"raw bytes of m1"
+        assert await core.blobs.get(parts[0].sha256) == b"raw bytes of m1"
         item = await s.get(QueueItem, res.queue_item_id)
         assert item is not None and item.status == "waiting" and item.conversation_id == res.conversation_id
         kinds = (await s.scalars(select(Event.kind).order_by(Event.id))).all()
@@ -133,7 +134,7 @@ async def test_html_part_gets_a_linked_derived_text_part(core: Core) -> None:
     assert set(parts) == {"raw", "body", "derived"}
     assert parts["derived"].derived_from_id == parts["body"].id
     assert parts["derived"].converter == "html-to-text"
-    assert core.blobs.get_sync(parts["body"].sha256) == html  # the original is kept
+    assert await core.blobs.get(parts["body"].sha256) == html  # the original is kept
 
 
 class Exploding:
@@ -209,7 +210,8 @@ async def test_drop_route_stores_but_does_not_enqueue(make_settings: Any) -> Non
 
 async def test_a_blob_that_cannot_be_written_fails_only_its_message_and_commits_nothing_of_it(
         core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The writer writes small blobs while the batch's transaction runs; COMMIT must wait for them.
+    # Messages above the inline size write their blobs as files before the writer; small ones
+    # keep theirs in the database. A file that cannot be written fails only its message.
     real = core.blobs.put_many_sync
 
     def flaky(blobs: list[bytes]) -> list[str]:
@@ -218,11 +220,38 @@ async def test_a_blob_that_cannot_be_written_fails_only_its_message_and_commits_
         return real(blobs)
 
     monkeypatch.setattr(core.blobs, "put_many_sync", flaky)
-    messages = [inbound(f"b{i}", raw=b"poison" if i == 2 else f"raw of b{i}".encode()) for i in range(5)]
+    big = INLINE_BLOB_BYTES + 1
+    messages = [inbound(f"b{i}", raw=(b"poison" if i == 2 else f"raw of b{i}".encode()).ljust(big, b".")
+                        if i % 2 == 0 else f"raw of b{i}".encode()) for i in range(5)]
     results = await asyncio.gather(*(core.ingest.ingest(m) for m in messages), return_exceptions=True)
-    assert isinstance(results[2], TransientError)
+    assert isinstance(results[2], OSError)
     assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 2)
     assert await count(core, Message, Message.dedupe_key == "b2") == 0
     async with core.sessions() as s:
-        shas = (await s.scalars(select(Part.sha256))).all()
-    assert len(shas) == 4 and all(core.blobs.exists(sha) for sha in shas)
+        shas = (await s.scalars(select(Part.sha256).join(Message, Part.message_id == Message.id)
+                                .order_by(Message.dedupe_key))).all()
+        inline = set((await s.scalars(select(Blob.sha256))).all())
+    assert len(shas) == 4
+    # b0 and b4 are files; b1 and b3 are rows of `blob`, with no file.
+    assert [core.blobs.exists(sha) for sha in shas] == [True, False, False, True]
+    assert [sha in inline for sha in shas] == [False, True, True, False]
+    for sha, m in zip(shas, [messages[0], messages[1], messages[3], messages[4]], strict=True):
+        assert await core.blobs.get(sha) == m.raw
+
+
+async def test_small_blobs_are_database_rows_written_once_and_copied_to_a_file_on_demand(core: Core) -> None:
+    same = b"%PDF-1.4 the same small attachment in two messages"
+    parts = (InboundPart("application/pdf", same, "a.pdf", role="attachment"),)
+    first = await core.ingest.ingest(inbound("s1", parts=parts))
+    both = await asyncio.gather(core.ingest.ingest(inbound("s2", parts=parts)),
+                                core.ingest.ingest(inbound("s3", parts=parts)))
+    async with core.sessions() as s:
+        rows = (await s.scalars(select(Part).where(Part.role == "attachment").order_by(Part.id))).all()
+        stored = (await s.scalars(select(Blob.data).where(Blob.sha256 == rows[0].sha256))).all()
+    assert [r.message_id for r in rows] == [first.message_id, *(r.message_id for r in both)]
+    assert len({r.sha256 for r in rows}) == 1 and stored == [same]  # one row for the same bytes
+    assert not core.blobs.exists(rows[0].sha256)
+    path = await core.blobs.local_path(rows[0].sha256)  # tools that need a file get one
+    assert path.read_bytes() == same and core.blobs.exists(rows[0].sha256)
+    with pytest.raises(FileNotFoundError):
+        await core.blobs.get("0" * 64)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import CompoundSelect, Select, Table, bindparam, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert, Update
@@ -52,11 +53,7 @@ class Bulk:
     def _compile(self, conn: AsyncConnection, kind: str, table: Table, keys: tuple[str, ...]) -> _Compiled | None:
         key = (kind, table.name, keys)
         if key not in self._compiled:
-            stmt: Insert | Update
-            if kind == "insert":
-                stmt = insert(table)
-            else:
-                stmt = update(table).where(table.c.id == bindparam("_id"))
+            stmt = _statement(conn, kind, table)
             dialect = conn.dialect
             compiled = stmt.compile(dialect=dialect, column_keys=[k for k in keys if k != "_id"])
             names = tuple(compiled.positiontup or ())
@@ -72,14 +69,15 @@ class Bulk:
             return
         shape = self._compile(conn, kind, table, tuple(rows[0])) if conn.dialect.name == "sqlite" else None
         if shape is None:
-            stmt = insert(table) if kind == "insert" else update(table).where(table.c.id == bindparam("_id"))
-            await conn.execute(stmt, list(rows))
+            await conn.execute(_statement(conn, kind, table), list(rows))
             return
         await self._driver(conn, "executemany", shape.sql, self._params(shape, rows))
 
     async def write(self, conn: AsyncConnection, ops: Sequence[tuple[str, Table, Sequence[Mapping[str, Any]]]],
                     *, commit: bool = False) -> bool:
-        """Run `ops` ("insert" or "update", table, rows) in order; on SQLite in one pipelined go.
+        """Run `ops` ("insert", "insert_new" or "update", table, rows) in order; on SQLite in one pipelined go.
+
+        "insert_new" skips rows whose primary key is stored already (ON CONFLICT DO NOTHING).
 
         With `commit`, on SQLite the pipeline ends with COMMIT, and True says the
         transaction is committed (durably: the engine runs `synchronous=FULL`);
@@ -183,3 +181,13 @@ class Bulk:
     async def update(self, conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """UPDATE `table` by id: each row names its id as `_id` and the columns to set."""
         await self._run(conn, "update", table, rows)
+
+
+def _statement(conn: AsyncConnection, kind: str, table: Table) -> Insert | Update:
+    """The statement of an op: "insert", "insert_new" (conflicts on the key skipped) or "update" by id."""
+    if kind == "insert":
+        return insert(table)
+    if kind == "insert_new":
+        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        return dialect_insert(table).on_conflict_do_nothing()
+    return update(table).where(table.c.id == bindparam("_id"))

@@ -43,7 +43,7 @@ class Ingestor:
         self._projects: dict[str, int] = {}
         self._pool: Executor | None = None
         # The queue's rows are written by the writer in bulk (persist), with the same columns and event.
-        self._writer = GroupWriter(sessions, blobs, steps, routes, events, settings, events.notify)
+        self._writer = GroupWriter(sessions, steps, routes, events, settings, events.notify)
 
     @property
     def stats(self) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Writing a decided batch: ids from the batch's first read, then one statement per table.
 
 Rows go in foreign-key order (contacts, identities, conversations, messages,
-parts, thread keys, queue items, events) as multi-row inserts, then the
+parts, thread keys, queue items, events, small blobs' bytes) as multi-row inserts, then the
 changed columns of stored conversations and contacts as executemany
 UPDATEs grouped by the set of columns. Event order per message is the one the
 ORM pipeline wrote: dropped, enqueued, conversation created, message created.
@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import Contact, Conversation, Event, Identity, Message, Part, QueueItem, ThreadRef
+from storage.models import Blob, Contact, Conversation, Event, Identity, Message, Part, QueueItem, ThreadRef
 from umsg.ingest.bulk import Bulk
 from umsg.ingest.rows import ContactRow, ConvRow, Work
 
@@ -28,6 +28,7 @@ _QUEUE_ITEM = cast(Table, QueueItem.__table__)
 _IDENTITY = cast(Table, Identity.__table__)
 _THREAD_REF = cast(Table, ThreadRef.__table__)
 _EVENT = cast(Table, Event.__table__)
+_BLOB = cast(Table, Blob.__table__)
 
 _Op = tuple[str, Table, list[dict[str, Any]]]  # "insert" or "update", table, rows
 
@@ -160,6 +161,9 @@ async def write(conn: AsyncConnection, bulk: Bulk, fresh: Mapping[Table, list[in
             (_MESSAGE, rows.messages), (_PART, rows.parts), (_THREAD_REF, rows.refs),
             (_QUEUE_ITEM, rows.items), (_EVENT, rows.events))),
     ]
+    # Small blobs go with their rows (`Prepared.inline`); the same bytes twice are one row.
+    blobs = {b.sha256: data for w in works for b, data in zip(w.prepared.blobs, w.prepared.inline, strict=False)}
+    ops.append(("insert_new", _BLOB, [{"sha256": sha, "data": data, "created_at": now} for sha, data in blobs.items()]))
     stored_convs = {id(w.conversation): w.conversation for w in works if w.conversation is not None}
     ops += _changed(_CONVERSATION, list(stored_convs.values()), now)
     stored_contacts = {id(w.contact): w.contact for w in works if w.contact is not None}

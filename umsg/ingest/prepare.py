@@ -1,12 +1,11 @@
 """The part of ingest that runs before the transaction: checks, conversions and blobs.
 
-Blobs are content-addressed and written durably before the row that names
-them is committed, so a crash can leave at most an unreferenced blob, never a
-row without its bytes. A small message's blobs are only hashed here: their
-durable write is left to the group writer (`Prepared.unwritten`), which
-starts it when the message is handed over and commits only after it, so the
-fsyncs overlap the wait for the batch and its database work instead of
-adding to the message's latency before it even reaches the writer.
+Blobs are content-addressed and durable no later than the row that names
+them, so a crash can leave at most an unreferenced blob, never a row without
+its bytes. A small message's blobs are only hashed here: the group writer
+stores their bytes as `blob` rows in the transaction that names them
+(`Prepared.inline`), so they cost no file, fsync or thread hop of their own.
+A larger message's blobs are written as files here, before it is handed over.
 
 Conversions and HTML sanitising are CPU work: large ones run in a process
 pool, because in a thread they would hold the GIL and every database round
@@ -44,10 +43,11 @@ log = logging.getLogger(__name__)
 # this; the cap bounds how long one message can stall the event loop.
 INLINE_BYTES = 16 * 1024
 
-# Up to this many blob bytes per message the write is left to the group writer;
-# larger messages write in their own thread hop here, so one big attachment
-# does not hold up the commit of the small messages batched with it.
-DEFERRED_BLOB_BYTES = 256 * 1024
+# Up to this many blob bytes per message they are kept in the database, written
+# with the message's rows; larger messages write files in their own thread hop
+# here, so one big attachment neither bloats the database nor holds up the
+# commit of the small messages batched with it.
+INLINE_BLOB_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ class Prepared:
     text: str | None
     blobs: list[StoredBlob]
     conversion_errors: list[str]
-    # Bytes of `blobs` not yet on disk: the writer stores them durably before its commit.
-    unwritten: list[bytes] = field(default_factory=list)
+    # Bytes of `blobs` (same order) that the writer stores as `blob` rows with the message.
+    inline: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -179,11 +179,11 @@ async def prepare(inbound: Inbound, sender: str, blobs: BlobStore, jobs: list[_J
             derived = await loop.run_in_executor(pool, _derive, jobs, inbound.html, want_text)
     outputs, errors = _outputs(inbound, derived)
     data = [inbound.raw, *(p.data for p in inbound.parts), *(out.data for _, _, out in outputs)]
-    unwritten: list[bytes] = []
-    if sum(len(d) for d in data) <= DEFERRED_BLOB_BYTES:
+    inline: list[bytes] = []
+    if sum(len(d) for d in data) <= INLINE_BLOB_BYTES:
         # Hashing a few KiB takes microseconds: cheaper on the loop than a thread hop.
         digests = [hashlib.sha256(d).hexdigest() for d in data]
-        unwritten = data
+        inline = data
     else:
         # One call for all of the message's blobs: each folder is fsynced once.
         digests = await blobs.put_many(data)
@@ -197,4 +197,4 @@ async def prepare(inbound: Inbound, sender: str, blobs: BlobStore, jobs: list[_J
             if out is not None and inbound.parts[idx].role == "body" and out.media_type.startswith("text/plain"):
                 text = out.data.decode("utf-8", "replace")
                 break
-    return Prepared(inbound, sender, derived.html, text, stored, errors, unwritten)
+    return Prepared(inbound, sender, derived.html, text, stored, errors, inline)

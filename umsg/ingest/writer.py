@@ -6,10 +6,10 @@ steps for each message in memory, writes all rows with one statement per
 table (`persist`), runs the rare ORM route actions (`followup`), commits
 once, and only then wakes the callers. On SQLite the batch's BEGIN IMMEDIATE
 rides with its first read and, when no ORM action runs, COMMIT with its last
-write (`Bulk`), so a batch costs three round trips to the driver's thread, not five. The blobs a message left unwritten
-(`Prepared.unwritten`) start their durable write in a worker thread the
-moment it is handed over, so the fsyncs overlap its wait in the queue and the
-transaction; COMMIT waits for them, so no row outlives its bytes. The batch is optimistic: if any
+write (`Bulk`), so a batch costs three round trips to the driver's thread, not five. A small
+message's blobs (`Prepared.inline`) are rows of the same transaction, so no row outlives its
+bytes and they cost no fsync of their own; a large one's were written before it was handed
+over. The batch is optimistic: if any
 message fails, nothing of it is committed and the messages are committed one
 by one, so only the bad one fails; a commit that fails answers its callers
 with a transient error, so none acknowledges to its peer.
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from storage.blobs import BlobStore
 from storage.db import SessionFactory, writer_connection
 from storage.types import utcnow
 from umsg.config import IngestSettings
@@ -51,15 +50,13 @@ class _Pending:
     prepared: Prepared
     project_id: int
     future: asyncio.Future[IngestResult]
-    blobs: asyncio.Future[list[str]] | None = None  # the durable write of `prepared.unwritten`
     attempts: int = 0
 
 
 class GroupWriter:
-    def __init__(self, sessions: SessionFactory, blobs: BlobStore, steps: Sequence[Step], routes: RouteBook,
+    def __init__(self, sessions: SessionFactory, steps: Sequence[Step], routes: RouteBook,
                  events: EventLog, settings: IngestSettings, on_commit: Callable[[], None]) -> None:
         self._sessions = sessions
-        self._blobs = blobs
         self._steps = tuple(steps)
         self._routes = routes
         self._events = events
@@ -93,15 +90,7 @@ class GroupWriter:
         if self._queue is None:
             raise TransientError("ingest writer is not running")
         fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        blobs = None
-        if prepared.unwritten:
-            blobs = asyncio.ensure_future(asyncio.to_thread(self._blobs.put_many_sync, prepared.unwritten))
-        try:
-            await self._queue.put(_Pending(prepared, project_id, fut, blobs))
-        except BaseException:
-            if blobs is not None:  # cancelled while waiting for room: the thread still finishes
-                blobs.add_done_callback(_retrieve)
-            raise
+        await self._queue.put(_Pending(prepared, project_id, fut))
         return await fut
 
     async def _run(self) -> None:
@@ -173,8 +162,6 @@ class GroupWriter:
                     # Durable already (COMMIT went with the rows): answer now, not after the
                     # transaction's bookkeeping, whose COMMIT finds nothing left to do.
                     self._answer(outcomes)
-                else:
-                    await _written(batch)
         except Exception as exc:
             if self._conn is not None and self._conn.invalidated:
                 await self._drop_connection()
@@ -207,8 +194,7 @@ class GroupWriter:
 
         The first read takes SQLite's write lock (BEGIN IMMEDIATE queued with it).
         Returns True when the transaction is committed already: on SQLite, when
-        no route action needs the ORM, COMMIT is queued behind the row writes,
-        after the batch's blobs are on disk.
+        no route action needs the ORM, COMMIT is queued behind the row writes.
         """
         ids.install(session)  # for the rows route actions add through the ORM
         state = BatchState(utcnow())
@@ -229,7 +215,6 @@ class GroupWriter:
             outcomes.append((p, work))
         orm = [w for w in works if w.needs_orm]
         if not orm:
-            await _written(batch)  # no row may outlive its bytes: blobs before COMMIT
             return await persist.write(conn, self._bulk, state.ids, works, state.now, commit=True)
         await persist.write(conn, self._bulk, state.ids, works, state.now)
         for work in orm:
@@ -257,18 +242,6 @@ class _BatchFailed(UmsgError):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(repr(cause))
         self.cause = cause
-
-
-async def _written(batch: list[_Pending]) -> None:
-    """Wait until the blobs of every message of `batch` are durably on disk."""
-    written = [p.blobs for p in batch if p.blobs is not None]
-    if written:
-        await asyncio.gather(*written)
-
-
-def _retrieve(fut: asyncio.Future[list[str]]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("writing the blobs of an abandoned message failed: %r", fut.exception())
 
 
 def _want(p: _Pending) -> Want:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import mimetypes
 import re
 from urllib.parse import quote
@@ -98,9 +97,10 @@ async def get_part_content(ctx: Ctx) -> web.StreamResponse:
     if part is None:
         raise NotFound(f"part {part_id} not found")
     ensure_visible(ctx.me, part.project_id, "part", part_id)
-    path = ctx.core.blobs.path_for(part.sha256)
-    if not await asyncio.to_thread(path.is_file):
-        raise NotFound(f"the content of part {part_id} is missing from the blob store")
+    try:
+        path = await ctx.core.blobs.local_path(part.sha256)
+    except FileNotFoundError:
+        raise NotFound(f"the content of part {part_id} is missing from the blob store") from None
     media_type = part.media_type if _SAFE_MEDIA_TYPE.match(part.media_type) else "application/octet-stream"
     headers = {
         "Content-Type": media_type,

@@ -38,9 +38,10 @@ async def _part(ctx: Ctx) -> tuple[Part, Path]:
     kind = part.media_type.split(";", 1)[0].strip().lower()
     if kind not in TIFF + PDF:
         raise HttpProblem(415, "unsupported_media_type", f"part {part_id} is {kind}, not a TIFF or PDF document")
-    path = ctx.core.blobs.path_for(part.sha256)
-    if not await asyncio.to_thread(path.is_file):
-        raise NotFound(f"the content of part {part_id} is missing from the blob store")
+    try:
+        path = await ctx.core.blobs.local_path(part.sha256)
+    except FileNotFoundError:
+        raise NotFound(f"the content of part {part_id} is missing from the blob store") from None
     return part, path
 
 
