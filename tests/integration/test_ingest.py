@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from converters.base import Converted
 from storage.models import Blob, Contact, Conversation, Event, Identity, Message, Part, QueueItem
 from umsg.core import Core
-from umsg.errors import PermanentError, TransientError
+from umsg.errors import PermanentError
 from umsg.ingest.prepare import INLINE_BLOB_BYTES
 from umsg.model import Address, IdentityKind, Inbound, InboundPart, ThreadHints
 
