@@ -91,10 +91,12 @@ async def _seed(data_dir: str, agents: int) -> list[str]:
 
 
 async def _serve_umsg(data_dir: str) -> None:
+    from umsg.gc_tuning import settle_after_start
     from umsg.serve import run_service
 
     _raise_fd_limit()
-    await run_service(_settings(data_dir))  # prints "umsg listening on URL"; ends on SIGTERM
+    # As `umsg serve` runs it; prints "umsg listening on URL"; ends on SIGTERM.
+    await run_service(_settings(data_dir), ready=lambda _url: settle_after_start())
 
 
 async def _serve_relay(store_dir: str | None) -> None:

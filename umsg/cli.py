@@ -105,10 +105,12 @@ def _shown_url(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from umsg.gc_tuning import settle_after_start
     from umsg.serve import run_service
 
     settings = _settings(args)
-    asyncio.run(run_service(settings))
+    # This process is the service's own: tune its collector once everything has started.
+    asyncio.run(run_service(settings, ready=lambda _url: settle_after_start()))
     return EXIT_OK
 
 
