@@ -69,7 +69,8 @@ async def bounded(n: int, job: Any, in_flight: int = WINDOW) -> Run:
 
 
 async def bare(smsc: Smsc, n: int) -> tuple[Run, Run]:
-    client = smpp34.Client("127.0.0.1", smsc.port, "bare", "pw", window_size=WINDOW)
+    # Room for every MO event, so the bare client never NAKs one for want of space.
+    client = smpp34.Client("127.0.0.1", smsc.port, "bare", "pw", window_size=WINDOW, inbound_capacity=2 * n)
     session = await client.connect()
     await smsc.wait_sessions(1)
 
