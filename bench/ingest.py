@@ -4,9 +4,11 @@ For each database (SQLite in WAL with full fsync, and the PostgreSQL at
 127.0.0.1:5432) the same generated messages go through:
 
 - the baseline: the same rows (contact, identity, conversation, message, raw
-  part, body part, queue item, event) and the same blobs, each message in its
-  own durable transaction from the same number of concurrent clients, but no
-  dedupe, no contact resolution, no threading, no conversion and no routing;
+  part, body part, queue item, event) and the same blobs, kept as the pipeline
+  keeps them (rows of `blob` in the message's transaction when small, files
+  otherwise), each message in its own durable transaction from the same number
+  of concurrent clients, but no dedupe, no contact resolution, no threading, no
+  conversion and no routing;
 - the pipeline: `core.ingest.ingest`, the function every channel calls.
 
 It prints one JSON object per backend and, last, a summary object whose value
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import secrets
@@ -34,10 +37,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage.models import Contact, Conversation, Event, Identity, Message, Part, QueueItem  # noqa: E402
+from storage.models import Blob, Contact, Conversation, Event, Identity, Message, Part, QueueItem  # noqa: E402
 from storage.types import utcnow  # noqa: E402
 from umsg.config import load_settings  # noqa: E402
 from umsg.core import Core  # noqa: E402
+from umsg.ingest.prepare import INLINE_BLOB_BYTES  # noqa: E402
 from umsg.model import Address, IdentityKind, Inbound, InboundPart, ThreadHints  # noqa: E402
 
 WARMUP = 200
@@ -114,9 +118,16 @@ async def baseline(core: Core, n: int, clients: int, senders: int, offset: int =
 
     async def one(i: int) -> None:
         m = make_inbound(i + offset, senders)
-        raw_sha, body_sha = await core.blobs.put_many([m.raw, m.parts[0].data])
+        data = [m.raw, m.parts[0].data]
+        inline = sum(len(d) for d in data) <= INLINE_BLOB_BYTES  # as the pipeline decides
+        if inline:
+            raw_sha, body_sha = (hashlib.sha256(d).hexdigest() for d in data)
+        else:
+            raw_sha, body_sha = await core.blobs.put_many(data)
         now = utcnow()
         async with core.sessions() as s, s.begin():
+            if inline:
+                s.add_all([Blob(sha256=raw_sha, data=data[0]), Blob(sha256=body_sha, data=data[1])])
             contact = Contact(project_id=pid, attributes={})
             s.add(contact)
             await s.flush()
