@@ -106,7 +106,7 @@ class BlobStore:
         try:
             return await asyncio.to_thread(self.get_sync, sha256)
         except FileNotFoundError:
-            data = await self._inline(sha256) if self._inline is not None else None
+            data = await self._row(sha256)
             if data is None:
                 raise
             return data
@@ -120,11 +120,15 @@ class BlobStore:
         path = self.path_for(sha256)
         if await asyncio.to_thread(path.is_file):
             return path
-        data = await self._inline(sha256) if self._inline is not None else None
+        data = await self._row(sha256)
         if data is None:
             raise FileNotFoundError(str(path))
         await self.put_many([data])
         return path
+
+    async def _row(self, sha256: str) -> bytes | None:
+        """The blob's bytes kept in the database, if this store was given a reader for them."""
+        return await self._inline(sha256) if self._inline is not None else None
 
     def exists(self, sha256: str) -> bool:
         """Whether the blob has a file (a blob kept in the database has none until `local_path`)."""

@@ -30,7 +30,7 @@ _THREAD_REF = cast(Table, ThreadRef.__table__)
 _EVENT = cast(Table, Event.__table__)
 _BLOB = cast(Table, Blob.__table__)
 
-_Op = tuple[str, Table, list[dict[str, Any]]]  # "insert" or "update", table, rows
+_Op = tuple[str, Table, list[dict[str, Any]]]  # "insert", "insert_new" or "update", table, rows
 
 
 def _new_rows(works: Sequence[Work]) -> tuple[list[ContactRow], list[ConvRow]]:
@@ -162,7 +162,8 @@ async def write(conn: AsyncConnection, bulk: Bulk, fresh: Mapping[Table, list[in
             (_QUEUE_ITEM, rows.items), (_EVENT, rows.events))),
     ]
     # Small blobs go with their rows (`Prepared.inline`); the same bytes twice are one row.
-    blobs = {b.sha256: data for w in works for b, data in zip(w.prepared.blobs, w.prepared.inline, strict=False)}
+    blobs = {b.sha256: data for w in works if w.prepared.inline
+             for b, data in zip(w.prepared.blobs, w.prepared.inline, strict=True)}
     ops.append(("insert_new", _BLOB, [{"sha256": sha, "data": data, "created_at": now} for sha, data in blobs.items()]))
     stored_convs = {id(w.conversation): w.conversation for w in works if w.conversation is not None}
     ops += _changed(_CONVERSATION, list(stored_convs.values()), now)
