@@ -104,6 +104,28 @@ async def test_threading_by_reference_token_and_sticky(core: Core) -> None:
     assert c2.queue_item_id is None and reply.queue_item_id is None
 
 
+async def test_sticky_sender_of_a_merged_contact_continues_the_survivors_conversation(core: Core) -> None:
+    """The sender's identity still names a contact merged one link deep, then two links deep (a chain
+    a concurrent merge can leave): the message continues the open conversation of the last one."""
+    def sms(key: str, number: str) -> Inbound:
+        return inbound(key, channel="sms", kind=IdentityKind.PHONE, sender=number, thread=ThreadHints(sticky=True))
+
+    a, b, c = [await core.ingest.ingest(sms(f"m{n}", f"+1555020{n}")) for n in (1, 2, 3)]
+    assert len({a.conversation_id, b.conversation_id, c.conversation_id}) == 3
+    async with core.sessions() as s, s.begin():
+        first = await s.get(Contact, a.contact_id)
+        assert first is not None
+        first.merged_into_id = b.contact_id  # the identity stays on the first contact
+    one_link = await core.ingest.ingest(sms("m4", "+15550201"))
+    assert one_link.conversation_id == b.conversation_id
+    async with core.sessions() as s, s.begin():
+        second = await s.get(Contact, b.contact_id)
+        assert second is not None
+        second.merged_into_id = c.contact_id
+    two_links = await core.ingest.ingest(sms("m5", "+15550201"))
+    assert two_links.conversation_id == c.conversation_id
+
+
 async def test_closed_conversation_is_not_reopened_resolved_is(core: Core) -> None:
     first = await core.ingest.ingest(inbound("r1", channel="sms", kind=IdentityKind.PHONE, sender="+15550122",
                                              thread=ThreadHints(sticky=True, own=("r1",))))
