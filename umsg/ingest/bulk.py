@@ -26,11 +26,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Select, Table, bindparam, insert, update
+from sqlalchemy import CompoundSelect, DateTime, Select, Table, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert, Update
+
+from storage.types import UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class _Compiled:
     processors: tuple[Callable[[Any], Any] | None, ...]
     fixed: Mapping[str, Any] = field(default_factory=dict)
     results: tuple[Callable[[Any], Any] | None, ...] = ()  # per result column (SELECT only)
+    # Per parameter: convert each distinct value once per call (timestamps: a batch's rows share `now`).
+    memo: tuple[bool, ...] = ()
 
 
 class Bulk:
@@ -60,8 +64,10 @@ class Bulk:
             if not set(names) <= set(keys):
                 self._compiled[key] = None  # a column default SQLAlchemy fills in at execution: let it
             else:
-                procs = tuple(compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names)
-                self._compiled[key] = _Compiled(str(compiled), names, procs)
+                types = [compiled.binds[n].type for n in names]
+                procs = tuple(t.dialect_impl(dialect).bind_processor(dialect) for t in types)
+                memo = tuple(isinstance(t, (DateTime, UTCDateTime)) for t in types)
+                self._compiled[key] = _Compiled(str(compiled), names, procs, memo=memo)
         return self._compiled[key]
 
     async def _run(self, conn: AsyncConnection, kind: str, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -110,9 +116,25 @@ class Bulk:
         return commit
 
     @staticmethod
-    def _params(shape: _Compiled, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        return [tuple(p(r[n]) if p is not None else r[n] for n, p in zip(shape.names, shape.processors, strict=True))
-                for r in rows]
+    def _params(shape: _Compiled, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """Each row's values in placeholder order, converted by their columns' types.
+
+        Column by column rather than row by row: the per-value work is then one call, and a
+        timestamp column converts each distinct value once (the SQLite processors format strings).
+        """
+        values = [[r[n] for n in shape.names] for r in rows]
+        for i, (convert, memo) in enumerate(zip(shape.processors, shape.memo, strict=True)):
+            if convert is None:
+                continue
+            if memo:
+                done: dict[Any, Any] = {}
+                for v in values:
+                    x = v[i]
+                    v[i] = done[x] if x in done else done.setdefault(x, convert(x))
+            else:
+                for v in values:
+                    v[i] = convert(v[i])
+        return values
 
     async def fetch(self, conn: AsyncConnection, stmt: Select[Any] | CompoundSelect[Any],
                     params: Mapping[str, Any], *, begin: bool = False) -> Sequence[Any]:
