@@ -11,6 +11,7 @@ recipient's identity as failing so agents (and the default-recipient choice) see
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,10 +24,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from storage.db import SessionFactory, read_session_factory
+from storage.db import OWN_BEGIN_OPTION, SessionFactory, read_session_factory
 from storage.models import ChannelState, Identity, Message, ProviderRef
 from storage.types import utcnow
 from umsg.events import EventLog
+from umsg.ingest.bulk import Bulk, json_list
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ def _insert_ignoring_bound(dialect: str) -> Insert:
     return stmt.on_conflict_do_nothing(index_elements=["channel", "provider_id"])
 
 
+# The messages a batch of binds names, with what `_commit_lean` needs of them.
+_MESSAGES_BY_ID = select(_MESSAGE.c.id, _MESSAGE.c.project_id, _MESSAGE.c.provider_id).where(
+    _MESSAGE.c.id.in_(json_list("ids")))
+
+
 def _parts_key(message_id: int) -> str:
     return f"mt-parts:{message_id}"
 
@@ -99,6 +106,7 @@ class DeliveryReports:
         self._queued: list[_Bind] = []
         self._writing = asyncio.Lock()
         self._writes: set[asyncio.Future[None]] = set()
+        self._bulk = Bulk()  # its compiled statements serve every bind
 
     async def bind(self, message_id: int, channel: str, provider_ids: Iterable[str], *,
                    part: int | None = None) -> None:
@@ -147,6 +155,10 @@ class DeliveryReports:
                 raise
 
     async def _commit(self, batch: list[_Bind]) -> None:
+        engine = self._sessions.kw.get("bind")
+        if isinstance(engine, AsyncEngine) and engine.dialect.name == "sqlite" and all(b.part is None for b in batch):
+            await self._commit_lean(engine, batch)
+            return
         now = self._clock()
         async with self._sessions() as s:
             rows = (await s.execute(
@@ -172,6 +184,37 @@ class DeliveryReports:
                                 .values(provider_id=case(unset, value=table.c.id)))
             await self._record_parts(s, [b for b in live if b.part is not None])
             await s.commit()
+        for b in batch:
+            if b.message_id in messages:
+                _resolve([b], None)
+            else:
+                _resolve([b], LookupError(f"message {b.message_id} does not exist"))
+
+    async def _commit_lean(self, engine: AsyncEngine, batch: list[_Bind]) -> None:
+        """`_commit` for single-part binds on SQLite, in two hops to the driver's thread instead of a
+        session's dozen (see `umsg.ingest.bulk`): BEGIN IMMEDIATE with the read of the messages,
+        then the rows with COMMIT. Every bind of a batch waits on it, so on a busy event loop
+        each hop saved is latency saved for the whole window of sends."""
+        now = self._clock()
+        async with engine.connect() as plain:
+            conn = await plain.execution_options(**{OWN_BEGIN_OPTION: True})
+            async with conn.begin():
+                rows = await self._bulk.fetch(conn, _MESSAGES_BY_ID, {
+                    "ids": json.dumps(sorted({b.message_id for b in batch}))}, begin=True)
+                messages = {mid: (project_id, provider_id) for mid, project_id, provider_id in rows}
+                refs: list[dict[str, Any]] = []
+                first: dict[int, str] = {}
+                for b in batch:
+                    if b.message_id in messages:
+                        first.setdefault(b.message_id, b.ids[0])
+                        refs.extend({"project_id": messages[b.message_id][0], "channel": b.channel,
+                                     "provider_id": pid, "message_id": b.message_id, "created_at": now}
+                                    for pid in b.ids)
+                # Read under the write lock, so "not set yet" still holds when the update runs.
+                unset = [{"_id": mid, "provider_id": pid} for mid, pid in first.items() if messages[mid][1] is None]
+                if not await self._bulk.write(conn, [("insert_new", _PROVIDER_REF, refs),
+                                                     ("update", _MESSAGE, unset)], commit=True):
+                    await conn.commit()
         for b in batch:
             if b.message_id in messages:
                 _resolve([b], None)

@@ -3,6 +3,7 @@ delivery reports bound to peer ids, and adapter-owned web routes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -95,6 +96,29 @@ async def test_reports_find_their_message_by_any_bound_id(core: Core, pid: int) 
     # A late failure report does not undo a delivery.
     late = await core.reports.record(channel="sms", provider_ids=["2591"], status="failed", detail="EXPIRED")
     assert late.status == "delivered"
+
+
+async def test_concurrent_binds_commit_together_and_a_missing_message_fails_only_its_own(
+        core: Core, pid: int) -> None:
+    conv = await email_conversation(core)
+    first, second = [await core.outbox.reply(project_id=pid, conversation_id=conv.conversation_id, text=t)
+                     for t in ("one", "two")]
+    outcomes = await asyncio.gather(
+        core.reports.bind(first.id, "sms", ["a1", "a2"]),
+        core.reports.bind(second.id, "sms", ["b1"]),
+        core.reports.bind(10**9, "sms", ["ghost"]),
+        core.reports.bind(second.id, "sms", ["a1"]),  # the peer reused an id: it stays with the first message
+        return_exceptions=True)
+    assert outcomes[:2] == [None, None] and outcomes[3] is None
+    assert isinstance(outcomes[2], LookupError)
+    assert await core.reports.find("sms", ["a1"]) == first.id
+    assert await core.reports.find("sms", ["a2"]) == first.id
+    assert await core.reports.find("sms", ["b1"]) == second.id
+    assert await core.reports.find("sms", ["ghost"]) is None
+    # A message's provider id is the first one bound to it; later binds add ids but do not replace it.
+    await core.reports.bind(first.id, "sms", ["a3"])
+    assert await core.reports.find("sms", ["a3"]) == first.id
+    assert ((await message(core, first.id)).provider_id, (await message(core, second.id)).provider_id) == ("a1", "b1")
 
 
 async def test_a_permanent_failure_marks_the_recipient_failing(core: Core, pid: int) -> None:

@@ -26,13 +26,31 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import CompoundSelect, DateTime, Select, Table, bindparam, insert, update
+from sqlalchemy import (
+    CompoundSelect,
+    DateTime,
+    Select,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert, Update
 
 from storage.types import UTCDateTime
+
+
+def json_list(name: str) -> Any:
+    """A list parameter `fetch` can compile once on SQLite: pass the list as one JSON text (`json.dumps`),
+    for use as `column.in_(json_list("ids"))`; the SQL text is then the same for every length."""
+    return select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=String))).scalar_subquery()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Select,
-    String,
     Table,
     Text,
     bindparam,
@@ -32,7 +31,6 @@ from sqlalchemy import (
     exists,
     func,
     literal,
-    literal_column,
     null,
     or_,
     select,
@@ -42,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import CompoundSelect
 
 from storage.models import Contact, Conversation, Identity, Message, Part, QueueItem, ThreadRef
-from umsg.ingest.bulk import Bulk
+from umsg.ingest.bulk import Bulk, json_list
 
 # The tables the writer gives ids to, in the order of the `x` row's columns.
 ID_TABLES: tuple[Table, ...] = tuple(
@@ -51,12 +49,6 @@ ID_TABLES: tuple[Table, ...] = tuple(
 
 def _each(name: str) -> Any:
     return bindparam(name, expanding=True)
-
-
-def _json_each(name: str) -> Any:
-    # SQLite: the list travels as one JSON text, so the SQL text is the same for every batch
-    # and the statement is compiled once (see bulk.Bulk.fetch).
-    return select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=String))).scalar_subquery()
 
 
 def _int() -> Any:
@@ -85,7 +77,7 @@ def _common(each: Callable[[str], Any]) -> list[Select[Any]]:
 
 def _sqlite() -> CompoundSelect[Any]:
     top = [select(func.max(next(iter(t.primary_key.columns)))).scalar_subquery() for t in ID_TABLES]
-    return union_all(*_common(_json_each), select(literal("x"), _int(), *top, _text(), _text(), _text(), _text()))
+    return union_all(*_common(json_list), select(literal("x"), _int(), *top, _text(), _text(), _text(), _text()))
 
 
 def _postgres() -> CompoundSelect[Any]:
@@ -129,7 +121,7 @@ class PreReader:
     def __init__(self) -> None:
         self._sqlite = _sqlite()
         self._postgres = _postgres()
-        self._conv_sqlite = _conversations(_json_each)
+        self._conv_sqlite = _conversations(json_list)
         self._conv_postgres = _conversations(_each)
 
     async def conversations(self, conn: AsyncConnection, bulk: Bulk, lists: dict[str, list[Any]]) -> Sequence[Any]:
