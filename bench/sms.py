@@ -9,7 +9,10 @@ Dispatcher claiming jobs, loading each message, sending, recording the result), 
 SMSC pushes N texts, 10 in flight, each answered only after its ingest committed;
 `mo_channel_*`: the same into a sink that stores nothing (the channel's own share, apart
 from the core ingest); `mo_minimal_store_*`: the same into `floor_store.MinimalStore` (one SQLite
-row per text, group-committed, acknowledged after commit), the least a durable store does.
+row per text, group-committed, acknowledged after commit), the least a durable store does;
+`mt_minimal_store_*`: the bare client with the adapter's sends in flight, each submit's
+message_id stored in `MinimalStore` (committed) before the send counts, the least that
+persisting the id before a receipt can arrive costs.
 Baseline, same run and peer: a bare `smpp34.Client` with the same
 window and no storage (submits; MO acknowledged on receipt). Goal: the adapter at >= 0.5
 of the bare client on each. `value` is the adapter's MT rate; the rest is in `params`.
@@ -97,6 +100,27 @@ async def bare(smsc: Smsc, n: int) -> tuple[Run, Run]:
     return mt, mo
 
 
+async def bare_mt_floor(smsc: Smsc, n: int, in_flight: int, floor_db: Path) -> Run:
+    """The bare client storing each submit's message_id durably before it counts as sent: the least
+    that "the SMSC's message_id persisted before a receipt can arrive" costs, with the adapter's sends in flight."""
+    client = smpp34.Client("127.0.0.1", smsc.port, "floor", "pw", window_size=WINDOW)
+    session = await client.connect()
+    await smsc.wait_sessions(1)
+    store = MinimalStore(floor_db)
+
+    async def submit(i: int) -> None:
+        resp = await session.submit_sm("447700900123", f"floor {i}".encode(), source_addr="447700900000")
+        await store.store(("447700900123", f"floor {i}", b"", f"mt:{resp.message_id}"))
+
+    try:
+        return await bounded(n, submit, in_flight)
+    finally:
+        store.close()
+        await session.unbind()
+        await client.stop()
+        smsc.esmes.clear()
+
+
 async def adapter(smsc: Smsc, core: Core, n: int, in_flight: int, floor_db: Path) -> tuple[Run, Run, Run, Run, Run]:
     async with smpp_channel(core, smsc.port, smsc, window=WINDOW, registered_delivery=False) as channel:
         seed = await core.ingest.ingest(Inbound(channel="sms", sender=Address(IdentityKind.PHONE, "+447700900123"),
@@ -151,6 +175,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         bare_mt, bare_mo = await bare(smsc, n)
         with tempfile.TemporaryDirectory() as tmp:
+            mt_floor = await bare_mt_floor(smsc, n, args.in_flight, Path(tmp) / "mt_floor.db")
             settings = load_settings(None, environ={}, overrides={
                 "data_dir": tmp, "database": {"url": f"sqlite:///{tmp}/umsg.db"}})
             core = await Core.open(settings)
@@ -165,6 +190,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "baseline": round(bare_mt.rate, 1), "ratio": round(mt.rate / bare_mt.rate, 3),
             "params": {"messages": n, "window": WINDOW, "store": "sqlite",
                        "mt_cpu_ms": round(mt.cpu_ms, 3), "mt_bare_cpu_ms": round(bare_mt.cpu_ms, 3),
+                       "mt_minimal_store_per_second": round(mt_floor.rate, 1),
+                       "mt_minimal_store_ratio": round(mt_floor.rate / bare_mt.rate, 3),
+                       "mt_minimal_store_cpu_ms": round(mt_floor.cpu_ms, 3),
                        "mt_dispatched_per_second": round(via.rate, 1),
                        "mt_dispatched_ratio": round(via.rate / bare_mt.rate, 3),
                        "mt_dispatched_cpu_ms": round(via.cpu_ms, 3), "in_flight": args.in_flight,
