@@ -129,7 +129,9 @@ class SmppSession:
             try:
                 self._write(Pdu(command_id, seq, body=body))
                 try:
-                    return await asyncio.wait_for(fut, self.settings.response_timeout_seconds)
+                    # A timeout scope, not wait_for: on Python 3.11 wait_for wraps every request in a task.
+                    async with asyncio.timeout(self.settings.response_timeout_seconds):
+                        return await fut
                 except TimeoutError as exc:
                     # The SMSC may or may not have it; a session that stops answering is not trusted.
                     self.shutdown(f"no response to 0x{command_id:08X} in time")

@@ -151,3 +151,23 @@ async def test_malformed_pdu_closes_that_session_only(core: Any) -> None:
 
 async def _binds(link: Any, n: int) -> bool:
     return bool(link.binds >= n and link.session is not None)
+
+
+async def test_a_submit_the_smsc_never_answers_fails_transiently_and_the_session_is_replaced(core: Any) -> None:
+    async with running_smsc(receipts=None) as smsc, \
+            smpp_channel(core, smsc.port, smsc, response_timeout_seconds=0.3, send_timeout_seconds=1.0) as channel:
+        project, conv = await seed(core)
+        msg = await core.outbox.reply(project_id=project, conversation_id=conv, text="anyone?", channel="sms")
+        out = Outbound(message_id=msg.id, channel="sms", sender="", recipient=msg.to_addrs[0], text="anyone?",
+                       meta={"attempt": 0})
+        link = channel.links[0]
+        smsc.hold = True
+        # Each unanswered submit ends its session; the part is tried on the next one until the send's deadline.
+        with pytest.raises(TransientError, match="no response in time"):
+            await channel.send(out)
+        assert "no response" in link.last_error and link.binds >= 2
+        smsc.drop_held()  # that submit is never answered; the session that sent it is gone
+        await eventually(lambda: _binds(link, 2), "the link rebinding")
+        result = await channel.send(replace(out, meta={}))
+        assert result.status.value == "accepted"
+        assert [gsm.decode(s.short_message) for s in smsc.submitted] == ["anyone?"]
