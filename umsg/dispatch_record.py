@@ -1,9 +1,9 @@
 """Recording delivery results: the job's next state and the message's, group-committed.
 
 Results that arrive while another batch is being written share the next transaction: a
-batch of sends finishing together costs one commit, and inside it one UPDATE ... RETURNING
-for the jobs (each guarded by its lease: still leased, to us, at the attempt we claimed)
-and one for the messages, instead of a statement per job. If the batch cannot be written,
+batch of sends finishing together costs one commit, and inside it one read of the jobs still
+leased to us at the attempt we claimed, one executemany settling them, and the same for the
+messages (`dispatch_status`), instead of statements per job. If the batch cannot be written,
 each result is written on its own so one bad result does not cost the others theirs.
 """
 
@@ -13,15 +13,15 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Table, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import SessionFactory
 from storage.models import Job
 from umsg.dispatch_claim import Claimed
-from umsg.dispatch_status import StatusChange, by_id, set_statuses
+from umsg.dispatch_status import StatusChange, set_statuses
 from umsg.errors import TransientError
 from umsg.events import EventLog
 from umsg.model import DeliveryResult, DeliveryStatus
@@ -29,6 +29,15 @@ from umsg.model import DeliveryResult, DeliveryStatus
 log = logging.getLogger(__name__)
 
 _JOB = cast(Table, Job.__table__)
+# The batch's jobs still leased to us, read under the write lock (see dispatch_status), then each
+# settled by one row of an executemany: statements built once, whatever the batch holds.
+_HELD = (select(_JOB.c.id, _JOB.c.attempts, _JOB.c.run_after)
+         .where(_JOB.c.id.in_(bindparam("ids", expanding=True)), _JOB.c.status == "leased",
+                _JOB.c.lease_owner == bindparam("owner"))
+         .with_for_update())
+_SETTLE = update(_JOB).where(_JOB.c.id == bindparam("_id")).values(
+    status=bindparam("b_status"), attempts=bindparam("b_attempts"), lease_until=None, last_error=bindparam("b_error"),
+    updated_at=bindparam("b_now"), lease_owner=bindparam("b_owner"), run_after=bindparam("b_run_after"))
 MAX_BACKOFF_SECONDS = 300
 
 
@@ -152,25 +161,19 @@ class ResultRecorder:
 
     async def _update_jobs(self, s: AsyncSession, batch: list[_Result], plans: dict[int, _Plan]) -> set[int]:
         """Settle the jobs still leased to us at the attempt we claimed; returns their ids."""
-        j = _JOB.c
-        retried = {i: p.run_after for i, p in plans.items() if p.run_after is not None}
-        values: dict[str, Any] = {
-            "status": by_id(j.id, j.status, {i: p.job_status for i, p in plans.items()}),
-            "attempts": j.attempts + 1,
-            "lease_until": None,
-            "last_error": by_id(j.id, j.last_error, {i: p.error for i, p in plans.items()}),
-            "updated_at": by_id(j.id, j.updated_at, {item.job.job_id: item.now for item in batch}),
-        }
-        if retried:
-            # A retried job is free for any dispatcher; a settled one keeps who settled it.
-            values["lease_owner"] = by_id(j.id, j.lease_owner, dict.fromkeys(retried), j.lease_owner)
-            values["run_after"] = by_id(j.id, j.run_after, retried, j.run_after)
-        claimed_at = by_id(j.id, j.attempts, {item.job.job_id: item.job.attempts for item in batch})
-        rows = await s.execute(
-            update(_JOB)
-            .where(j.id.in_(list(plans)), j.status == "leased", j.lease_owner == self._owner,
-                   j.attempts == claimed_at)
-            .values(**values)
-            .returning(j.id)
-        )
-        return {r.id for r in rows}
+        claimed = {item.job.job_id: item for item in batch}  # one job twice: its last result, as `plans`
+        held = await s.execute(_HELD, {"ids": list(plans), "owner": self._owner})
+        rows = []
+        for job_id, attempts, run_after in held:
+            if attempts != claimed[job_id].job.attempts:
+                continue  # its lease expired and another attempt took it meanwhile
+            plan = plans[job_id]
+            rows.append({
+                "_id": job_id, "b_status": plan.job_status, "b_attempts": attempts + 1, "b_error": plan.error,
+                "b_now": claimed[job_id].now,
+                # A retried job is free for any dispatcher; a settled one keeps who settled it.
+                "b_owner": None if plan.run_after is not None else self._owner,
+                "b_run_after": plan.run_after if plan.run_after is not None else run_after})
+        if rows:
+            await s.execute(_SETTLE, rows)
+        return {r["_id"] for r in rows}

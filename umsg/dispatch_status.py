@@ -1,9 +1,10 @@
 """Moving outgoing messages through their delivery states, a batch per statement.
 
 Claiming (`sending`), recording results (`sent`, `delivered`, `queued` for a retry,
-`failed`) and lease recovery all change many messages at once. One UPDATE ... RETURNING
-per batch, keyed by message id through CASE, replaces the ORM's load-then-flush per
-message; the `message.status` events of the changed rows go in with one executemany.
+`failed`) and lease recovery all change many messages at once. One read of the batch's
+messages under the write lock, then one executemany per kind of write (the changes, the
+fill-ins, the `message.status` events), all with statements built once, replace the ORM's
+load-then-flush per message.
 Rules kept here: a message already `delivered` or `read` (its receipt can arrive before
 `send` returns) is never moved back to `sent`, only its missing provider id and send
 time are filled in; a change with `expect` applies only to messages in that state.
@@ -11,12 +12,12 @@ time are filled in; a change with `expect` applies only to messages in that stat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, case, func, insert, literal, not_, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Event, Message
@@ -39,21 +40,19 @@ class StatusChange:
     at: datetime | None = None
 
 
-def by_id(key: Any, column: Any, values: Mapping[int, Any], default: ColumnElement[Any] | None = None) -> Any:
-    """`values[key]` for the rows whose `key` is in `values`; `default` (the column itself) elsewhere."""
-    distinct = set(values.values())
-    if default is None and len(distinct) == 1:
-        # The whole batch moves to one value (a claim): no CASE needed.
-        return literal(distinct.pop(), column.type)
-    return case(
-        {k: literal(v, column.type) for k, v in values.items()},
-        value=key,
-        else_=column if default is None else default,
-    )
-
-
-def _by_id(column: Any, values: Mapping[int, Any], default: ColumnElement[Any] | None = None) -> Any:
-    return by_id(_MESSAGE.c.id, column, values, default)
+# Read under the transaction's write lock (SQLite's BEGIN IMMEDIATE, PostgreSQL's FOR UPDATE), so
+# what is decided from these rows still holds when the writes below run.
+_READ = (select(_MESSAGE.c.id, _MESSAGE.c.conversation_id, _MESSAGE.c.status, _MESSAGE.c.provider_id,
+                _MESSAGE.c.sent_at)
+         .where(_MESSAGE.c.id.in_(bindparam("ids", expanding=True))).with_for_update())
+# One row of parameters per message (an executemany): the statements are built once, so a batch
+# costs no SQL construction or compilation, which a CASE per column with a branch per message did.
+_WRITE = update(_MESSAGE).where(_MESSAGE.c.id == bindparam("_id")).values(
+    status=bindparam("b_status"), status_detail=bindparam("b_detail"), provider_id=bindparam("b_provider"),
+    sent_at=bindparam("b_sent"))
+_FILL = update(_MESSAGE).where(_MESSAGE.c.id == bindparam("_id")).values(
+    provider_id=bindparam("b_provider"), sent_at=bindparam("b_sent"))
+_EVENTS = insert(_EVENT)
 
 
 async def set_statuses(s: AsyncSession, changes: Sequence[StatusChange], *, expect: str | None = None) -> set[int]:
@@ -64,57 +63,32 @@ async def set_statuses(s: AsyncSession, changes: Sequence[StatusChange], *, expe
     latest = {c.message_id: c for c in changes}  # one message twice in a batch: the last word wins
     if not latest:
         return set()
-    ids = list(latest)
-    guarded = [i for i, c in latest.items() if c.status == "sent"]
-    where: list[ColumnElement[bool]] = [_MESSAGE.c.id.in_(ids)]
-    if expect is not None:
-        where.append(_MESSAGE.c.status == expect)
-    if guarded:
-        where.append(not_(and_(_MESSAGE.c.id.in_(guarded), _MESSAGE.c.status.in_(_LATER))))
-    values: dict[str, Any] = {
-        "status": _by_id(_MESSAGE.c.status, {i: c.status for i, c in latest.items()}),
-        "status_detail": _by_id(_MESSAGE.c.status_detail, {i: c.detail for i, c in latest.items()}),
-    }
-    providers = {i: c.provider_id for i, c in latest.items() if c.provider_id}
-    if providers:
-        values["provider_id"] = _by_id(_MESSAGE.c.provider_id, providers, _MESSAGE.c.provider_id)
-    sent_at = {i: c.at for i, c in latest.items() if c.at is not None and c.status in ("sent", "delivered")}
-    if sent_at:
-        values["sent_at"] = _by_id(_MESSAGE.c.sent_at, sent_at, _MESSAGE.c.sent_at)
-    rows = (await s.execute(
-        update(_MESSAGE).where(*where).values(**values).returning(_MESSAGE.c.id, _MESSAGE.c.conversation_id)
-    )).all()
-    changed = {r.id: r.conversation_id for r in rows}
-    await _fill_in_later(s, [latest[i] for i in guarded if i not in changed])
+    current = {r.id: r for r in await s.execute(_READ, {"ids": list(latest)})}
+    writes: list[dict[str, Any]] = []
+    fills: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    for c in latest.values():
-        if c.message_id not in changed:
+    for mid, c in latest.items():
+        now = current.get(mid)
+        if now is None:
             continue
-        payload: dict[str, Any] = {"message_id": c.message_id, "conversation_id": changed[c.message_id],
-                                   "status": c.status}
+        if c.status == "sent" and now.status in _LATER:
+            # Its receipt came first: fill in only what the receipt could not know.
+            provider, sent = now.provider_id or c.provider_id, now.sent_at or c.at
+            if (provider, sent) != (now.provider_id, now.sent_at):
+                fills.append({"_id": mid, "b_provider": provider, "b_sent": sent})
+            continue
+        if expect is not None and now.status != expect:
+            continue
+        sent = c.at if c.at is not None and c.status in ("sent", "delivered") else now.sent_at
+        writes.append({"_id": mid, "b_status": c.status, "b_detail": c.detail,
+                       "b_provider": c.provider_id or now.provider_id, "b_sent": sent})
+        payload: dict[str, Any] = {"message_id": mid, "conversation_id": now.conversation_id, "status": c.status}
         if c.detail:
             payload["detail"] = c.detail
         if c.provider_id:
             payload["provider_id"] = c.provider_id
         events.append({"project_id": c.project_id, "kind": "message.status", "payload": payload})
-    if events:
-        await s.execute(insert(_EVENT), events)
-    return set(changed)
-
-
-async def _fill_in_later(s: AsyncSession, kept: Sequence[StatusChange]) -> None:
-    """For `sent` results on messages already delivered: only what the receipt could not know."""
-    if not kept:
-        return
-    providers = {c.message_id: c.provider_id for c in kept if c.provider_id}
-    sent_at = {c.message_id: c.at for c in kept if c.at is not None}
-    values: dict[str, Any] = {}
-    if providers:
-        values["provider_id"] = func.coalesce(_MESSAGE.c.provider_id, _by_id(
-            _MESSAGE.c.provider_id, providers, literal(None, _MESSAGE.c.provider_id.type)))
-    if sent_at:
-        values["sent_at"] = func.coalesce(_MESSAGE.c.sent_at, _by_id(
-            _MESSAGE.c.sent_at, sent_at, literal(None, _MESSAGE.c.sent_at.type)))
-    if values:
-        await s.execute(update(_MESSAGE).where(
-            _MESSAGE.c.id.in_([c.message_id for c in kept]), _MESSAGE.c.status.in_(_LATER)).values(**values))
+    for statement, rows in ((_WRITE, writes), (_FILL, fills), (_EVENTS, events)):
+        if rows:
+            await s.execute(statement, rows)
+    return {w["_id"] for w in writes}
