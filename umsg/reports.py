@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -67,6 +67,15 @@ def _resolve(binds: Iterable[_Bind], error: BaseException | None) -> None:
             b.future.set_result(None)
         else:
             b.future.set_exception(error)
+
+
+def _settle_binds(batch: Iterable[_Bind], messages: Container[int]) -> None:
+    """The batch is committed: each bind returns, but for a message that does not exist."""
+    for b in batch:
+        if b.message_id in messages:
+            _resolve([b], None)
+        else:
+            _resolve([b], LookupError(f"message {b.message_id} does not exist"))
 
 
 def _insert_ignoring_bound(dialect: str) -> Insert:
@@ -184,11 +193,7 @@ class DeliveryReports:
                                 .values(provider_id=case(unset, value=table.c.id)))
             await self._record_parts(s, [b for b in live if b.part is not None])
             await s.commit()
-        for b in batch:
-            if b.message_id in messages:
-                _resolve([b], None)
-            else:
-                _resolve([b], LookupError(f"message {b.message_id} does not exist"))
+        _settle_binds(batch, messages)
 
     async def _commit_lean(self, engine: AsyncEngine, batch: list[_Bind]) -> None:
         """`_commit` for single-part binds on SQLite, in two hops to the driver's thread instead of a
@@ -215,11 +220,9 @@ class DeliveryReports:
                 if not await self._bulk.write(conn, [("insert_new", _PROVIDER_REF, refs),
                                                      ("update", _MESSAGE, unset)], commit=True):
                     await conn.commit()
-        for b in batch:
-            if b.message_id in messages:
-                _resolve([b], None)
-            else:
-                _resolve([b], LookupError(f"message {b.message_id} does not exist"))
+                # Durable now: answer before the connection's bookkeeping and the pool's reset on
+                # return, which cost another hop each.
+                _settle_binds(batch, messages)
 
     @staticmethod
     async def _record_parts(s: AsyncSession, binds: list[_Bind]) -> None:
