@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -67,6 +67,20 @@ def _resolve(binds: Iterable[_Bind], error: BaseException | None) -> None:
             b.future.set_result(None)
         else:
             b.future.set_exception(error)
+
+
+def _bound_rows(batch: Iterable[_Bind], messages: Mapping[int, tuple[int, str | None]],
+                now: datetime) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """The provider_ref rows of the binds whose message exists (`messages`: id -> project id and
+    provider id), and the first id bound to each of those messages that has no provider id yet."""
+    refs: list[dict[str, Any]] = []
+    first: dict[int, str] = {}
+    for b in batch:
+        if b.message_id in messages:
+            first.setdefault(b.message_id, b.ids[0])
+            refs.extend({"project_id": messages[b.message_id][0], "channel": b.channel, "provider_id": pid,
+                         "message_id": b.message_id, "created_at": now} for pid in b.ids)
+    return refs, {mid: pid for mid, pid in first.items() if messages[mid][1] is None}
 
 
 def _settle_binds(batch: Iterable[_Bind], messages: Container[int]) -> None:
@@ -174,24 +188,17 @@ class DeliveryReports:
                 select(Message.id, Message.project_id, Message.provider_id)
                 .where(Message.id.in_({b.message_id for b in batch}))
             )).all()
-            messages = {r.id: r for r in rows}
-            live = [b for b in batch if b.message_id in messages]
-            refs: list[dict[str, Any]] = []
-            first: dict[int, str] = {}
-            for b in live:
-                first.setdefault(b.message_id, b.ids[0])
-                refs.extend({"project_id": messages[b.message_id].project_id, "channel": b.channel,
-                             "provider_id": pid, "message_id": b.message_id, "created_at": now} for pid in b.ids)
+            messages = {r.id: (r.project_id, r.provider_id) for r in rows}
+            refs, unset = _bound_rows(batch, messages, now)
             if refs:
                 # An id already bound (to this message or, reused by the peer, to another) stays as it is.
                 # Plain table statements: the ORM's per-row bookkeeping was most of a bind's CPU.
                 await s.execute(_insert_ignoring_bound(s.get_bind().dialect.name), refs)
-            unset = {mid: pid for mid, pid in first.items() if messages[mid].provider_id is None}
             if unset:
                 table = _MESSAGE
                 await s.execute(update(table).where(table.c.id.in_(unset), table.c.provider_id.is_(None))
                                 .values(provider_id=case(unset, value=table.c.id)))
-            await self._record_parts(s, [b for b in live if b.part is not None])
+            await self._record_parts(s, [b for b in batch if b.message_id in messages and b.part is not None])
             await s.commit()
         _settle_binds(batch, messages)
 
@@ -207,18 +214,11 @@ class DeliveryReports:
                 rows = await self._bulk.fetch(conn, _MESSAGES_BY_ID, {
                     "ids": json.dumps(sorted({b.message_id for b in batch}))}, begin=True)
                 messages = {mid: (project_id, provider_id) for mid, project_id, provider_id in rows}
-                refs: list[dict[str, Any]] = []
-                first: dict[int, str] = {}
-                for b in batch:
-                    if b.message_id in messages:
-                        first.setdefault(b.message_id, b.ids[0])
-                        refs.extend({"project_id": messages[b.message_id][0], "channel": b.channel,
-                                     "provider_id": pid, "message_id": b.message_id, "created_at": now}
-                                    for pid in b.ids)
                 # Read under the write lock, so "not set yet" still holds when the update runs.
-                unset = [{"_id": mid, "provider_id": pid} for mid, pid in first.items() if messages[mid][1] is None]
+                refs, unset = _bound_rows(batch, messages, now)
+                updates = [{"_id": mid, "provider_id": pid} for mid, pid in unset.items()]
                 if not await self._bulk.write(conn, [("insert_new", _PROVIDER_REF, refs),
-                                                     ("update", _MESSAGE, unset)], commit=True):
+                                                     ("update", _MESSAGE, updates)], commit=True):
                     await conn.commit()
                 # Durable now: answer before the connection's bookkeeping and the pool's reset on
                 # return, which cost another hop each.

@@ -147,8 +147,9 @@ class Bulk:
             if memo:
                 done: dict[Any, Any] = {}
                 for v in values:
-                    x = v[i]
-                    v[i] = done[x] if x in done else done.setdefault(x, convert(x))
+                    if v[i] not in done:
+                        done[v[i]] = convert(v[i])
+                    v[i] = done[v[i]]
             else:
                 for v in values:
                     v[i] = convert(v[i])
