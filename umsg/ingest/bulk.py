@@ -1,30 +1,42 @@
-"""Multi-row INSERTs and UPDATEs for the ingest writer, with one driver hop each on SQLite.
+"""Multi-row INSERTs and UPDATEs for the ingest writer, a whole batch in one driver hop on SQLite.
 
 Through SQLAlchemy's aiosqlite adapter every statement costs four hops to the
 driver's thread (open a cursor, execute, fetch, close), about 0.1 ms of the
 event loop's time each; the ingest writes seven or so statements per batch.
 On SQLite the statement is therefore compiled by SQLAlchemy once per shape
 (table and columns), its parameters converted by the columns' own types
-(JSON, UTC timestamps), and handed to aiosqlite's `executemany`: one hop.
+(JSON, UTC timestamps), and run with the sqlite3 connection's `executemany`.
 Driver errors are wrapped as SQLAlchemy's (`IntegrityError`, ...) as the
 adapter would, so callers see the same exceptions. PostgreSQL (asyncpg
-prepares and pipelines executemany itself) goes through SQLAlchemy as usual.
+prepares and pipelines executemany itself) goes through SQLAlchemy as usual,
+one statement after the other; the first that fails raises, and the caller's
+`conn.begin()` rolls the transaction back.
 
-`write` hands all of a batch's statements to aiosqlite at once: its thread
-runs its queue in order, so the statements keep their (foreign-key) order and
-run back to back, instead of each waiting for the busy event loop to collect
-the previous result and send the next. The same queueing lets the writer put
-BEGIN IMMEDIATE in front of its first read (`fetch(begin=True)`) and COMMIT
-behind its last write (`write(commit=True)`): each is then no round trip of its
-own, where on a busy loop every round trip costs milliseconds of waiting.
+On SQLite `write` runs all of a batch's statements, in order, as one function
+on aiosqlite's thread (`_on_thread`): one hop however many statements, and
+they run back to back instead of each waiting for the busy event loop to
+collect the previous result. The first statement that fails stops the
+function, so no later one runs. With `commit=True` the same function ends the
+transaction: COMMIT after the last statement, or ROLLBACK when one failed, so
+the batch's rows are committed all or none. Without it a failed batch's
+transaction is left to the caller to roll back. `fetch(begin=True)` likewise
+runs BEGIN IMMEDIATE and the writer's first read as one function; if BEGIN
+fails, the read does not run. Neither BEGIN nor COMMIT is then a hop of its
+own, where on a busy loop every hop costs milliseconds of waiting.
+
+aiosqlite has no public call to run a function on its thread: `_on_thread`
+uses its private `_execute` and `_conn`, so pyproject.toml allows only the
+aiosqlite versions this was tested with, and tests/unit/test_bulk_hook.py
+fails if either goes away.
 """
 
 from __future__ import annotations
 
-import asyncio
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     CompoundSelect,
@@ -45,6 +57,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert, Update
 
 from storage.types import UTCDateTime
+
+_T = TypeVar("_T")
 
 
 def json_list(name: str) -> Any:
@@ -103,10 +117,12 @@ class Bulk:
 
         "insert_new" skips rows whose primary key is stored already (ON CONFLICT DO NOTHING).
 
-        With `commit`, on SQLite the pipeline ends with COMMIT, and True says the
-        transaction is committed (durably: the engine runs `synchronous=FULL`);
-        False leaves the commit to the caller (PostgreSQL, or a shape that needs
-        SQLAlchemy's own execution).
+        On SQLite the statements run as one call on the driver's thread; the first that
+        fails raises and no later one runs. With `commit` that call ends with COMMIT, or
+        with ROLLBACK when a statement failed, and True says the transaction is committed
+        (durably: the engine runs `synchronous=FULL`); False leaves the commit to the
+        caller (PostgreSQL, or a shape that needs SQLAlchemy's own execution). Without
+        `commit`, and on PostgreSQL, a failed batch's transaction is the caller's to roll back.
         """
         ops = [op for op in ops if op[2]]
         shapes = [self._compile(conn, kind, table, tuple(rows[0])) if conn.dialect.name == "sqlite" else None
@@ -115,22 +131,30 @@ class Bulk:
             for kind, table, rows in ops:
                 await self._run(conn, kind, table, rows)
             return False
-        driver = await self._driver_connection(conn)
-        calls: list[tuple[str, Any]] = []
+        statements: list[tuple[str, Any]] = []
         for shape, (_kind, _table, rows) in zip(shapes, ops, strict=True):
             assert shape is not None
-            calls.append((shape.sql, self._params(shape, rows)))
-        runs = [driver.executemany(sql, params) for sql, params in calls]
-        if commit:
-            calls.append(("COMMIT", ()))
-            runs.append(driver.execute("COMMIT"))
-        # Each call queues its statement when its task starts; gather starts them in order.
-        results = await asyncio.gather(*runs, return_exceptions=True)
-        for (sql, params), result in zip(calls, results, strict=True):
-            if isinstance(result, conn.dialect.loaded_dbapi.Error):
-                raise DBAPIError.instance(sql, params, result, conn.dialect.loaded_dbapi.Error) from result
-            if isinstance(result, BaseException):
-                raise result
+            statements.append((shape.sql, self._params(shape, rows)))
+        if not statements and not commit:
+            return False
+        reached = [0]  # the statement running (len(statements): the COMMIT)
+
+        def run(db: sqlite3.Connection) -> None:
+            try:
+                for i, (sql, params) in enumerate(statements):
+                    reached[0] = i
+                    db.executemany(sql, params)
+                if commit:
+                    reached[0] = len(statements)
+                    db.execute("COMMIT")
+            except BaseException:
+                if commit:
+                    # Keep nothing of the batch. Should ROLLBACK fail, the caller's rollback tries again.
+                    with suppress(sqlite3.Error):
+                        db.rollback()
+                raise
+
+        await self._on_thread(conn, run, [*statements, ("COMMIT", ())], reached)
         return commit
 
     @staticmethod
@@ -190,16 +214,31 @@ class Bulk:
         return [tuple(p(v) if p is not None else v for p, v in zip(shape.results, row, strict=True)) for row in rows]
 
     async def _begin_and_fetch(self, conn: AsyncConnection, sql: str, values: tuple[Any, ...]) -> Sequence[Any]:
+        reached = [0]
+
+        def run(db: sqlite3.Connection) -> list[Any]:
+            db.execute("BEGIN IMMEDIATE")  # if the lock times out, the read does not run
+            reached[0] = 1
+            return db.execute(sql, values).fetchall()
+
+        rows: list[Any] = await self._on_thread(conn, run, [("BEGIN IMMEDIATE", ()), (sql, values)], reached)
+        return rows
+
+    async def _on_thread(self, conn: AsyncConnection, fn: Callable[[sqlite3.Connection], _T],
+                         calls: Sequence[tuple[str, Any]], reached: list[int]) -> _T:
+        """`fn(the sqlite3 connection)` run on aiosqlite's thread as one queued call: one hop.
+
+        `calls` are the statements `fn` runs, and `reached[0]` the index of the one running
+        when it raised: a driver error is wrapped as SQLAlchemy's, naming that statement.
+        Private aiosqlite API (see the module docstring): `_execute` queues a callable for
+        the thread and awaits its result, `_conn` is the sqlite3 connection.
+        """
         driver = await self._driver_connection(conn)
-        results: tuple[Any, ...] = await asyncio.gather(
-            driver.execute("BEGIN IMMEDIATE"), driver.execute_fetchall(sql, values), return_exceptions=True)
-        # If BEGIN failed (the lock timed out) the read ran outside any transaction: its rows are void.
-        for statement, params, result in zip(("BEGIN IMMEDIATE", sql), ((), values), results, strict=True):
-            if isinstance(result, conn.dialect.loaded_dbapi.Error):
-                raise DBAPIError.instance(statement, params, result, conn.dialect.loaded_dbapi.Error) from result
-            if isinstance(result, BaseException):
-                raise result
-        return list(results[1])
+        try:
+            return await driver._execute(lambda: fn(driver._conn))  # type: ignore[no-any-return]
+        except conn.dialect.loaded_dbapi.Error as exc:
+            sql, params = calls[reached[0]]
+            raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
 
     @staticmethod
     async def _driver_connection(conn: AsyncConnection) -> Any:
