@@ -92,6 +92,12 @@ def read_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
 
 
+def read_sessions_for(sessions: SessionFactory) -> SessionFactory:
+    """Read-only sessions on the engine `sessions` writes to (themselves if it names none)."""
+    bind = sessions.kw.get("bind")
+    return read_session_factory(bind) if isinstance(bind, AsyncEngine) else sessions
+
+
 async def writer_connection(engine: AsyncEngine) -> AsyncConnection:
     """A connection for a long-lived writer: start each transaction with `begin_immediate`.
 

@@ -24,7 +24,7 @@ from storage.migrate import upgrade
 from storage.models import Project
 from umsg.config import Settings
 from umsg.events import EventLog
-from umsg.ingest import Ingestor
+from umsg.ingest.ingestor import Ingestor
 from umsg.outbound import Outbox
 from umsg.queue import Queue
 from umsg.reports import DeliveryReports
@@ -64,7 +64,7 @@ class Core:
         readers = read_session_factory(engine)
         blobs = BlobStore(settings.blob_dir, inline=functools.partial(read_blob_row, readers))
         converters = default_converters(settings.converters)
-        routes = RouteBook.from_settings(settings)
+        routes = RouteBook.from_settings(settings.routes, settings.project)
         events = EventLog(sessions, readers)
         queue = Queue(sessions, events, settings.queue, readers=readers)
         ingest = Ingestor(sessions, readers, blobs, converters, routes, events, queue, settings.ingest)

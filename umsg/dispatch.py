@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from storage.blobs import BlobStore
-from storage.db import SessionFactory
+from storage.db import SessionFactory, read_sessions_for
 from storage.types import utcnow
 from umsg import dispatch_claim
 from umsg.dispatch_claim import Claimed
@@ -28,7 +28,6 @@ from umsg.dispatch_record import MAX_BACKOFF_SECONDS, ResultRecorder, backoff
 from umsg.errors import PermanentError, TransientError
 from umsg.events import EventLog
 from umsg.model import DeliveryResult, DeliveryStatus, Outbound
-from umsg.reports import read_sessions_for
 
 __all__ = ["MAX_BACKOFF_SECONDS", "Dispatcher", "OutboundAdapter", "backoff"]
 

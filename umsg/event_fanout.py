@@ -19,12 +19,9 @@ import asyncio
 import bisect
 import logging
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from storage.models import Event
-
-if TYPE_CHECKING:
-    from umsg.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +31,15 @@ BUFFER = 4096
 PAGE = 500
 # Other processes do not notify this one: poll at least this often.
 POLL_SECONDS = 1.0
+
+
+class EventSource(Protocol):
+    """What the reader needs of the log (`umsg.events.EventLog`, which owns the fan-out)."""
+
+    async def since(self, after_id: int = 0, project_ids: Collection[int] | None = None,
+                    limit: int = 100) -> list[Event]: ...
+
+    async def wait(self, timeout: float) -> object: ...  # noqa: ASYNC109 - EventLog's contract
 
 
 class Subscription:
@@ -71,7 +77,7 @@ class Subscription:
 class EventFanout:
     """The per-process reader; get one from `EventLog.subscribe`, not directly."""
 
-    def __init__(self, events: EventLog) -> None:
+    def __init__(self, events: EventSource) -> None:
         self._events = events
         self._subs: set[Subscription] = set()
         self._ids: list[int] = []

@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from storage.db import OWN_BEGIN_OPTION, SessionFactory, read_session_factory
+from storage.db import OWN_BEGIN_OPTION, SessionFactory, read_sessions_for
 from storage.models import ChannelState, Identity, Message, ProviderRef
 from storage.types import utcnow
 from umsg.events import EventLog
@@ -51,12 +51,6 @@ class _Bind:
     ids: list[str]
     part: int | None
     future: asyncio.Future[None]
-
-
-def read_sessions_for(sessions: SessionFactory) -> SessionFactory:
-    """Read-only sessions on the engine `sessions` writes to (themselves if it names none)."""
-    bind = sessions.kw.get("bind")
-    return read_session_factory(bind) if isinstance(bind, AsyncEngine) else sessions
 
 
 def _resolve(binds: Iterable[_Bind], error: BaseException | None) -> None:

@@ -36,7 +36,7 @@ from channels.telephony.uac import ClientConfig, SipClient
 from channels.telephony.uas import ServerConfig, SipServer
 from storage.models import Message, Part
 from umsg.errors import ConversionError, PermanentError
-from umsg.ingest.identity import normalise_phone
+from umsg.identity import normalise_phone
 from umsg.model import Address, DeliveryResult, DeliveryStatus, IdentityKind, Inbound, InboundPart, Outbound
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from channels.base import InboundSink
 from channels.sms.optout import opt_change, record_opt
 from channels.sms.settings import SmsCommon
 from storage.db import SessionFactory
-from umsg.ingest.identity import normalise_phone
+from umsg.identity import normalise_phone
 from umsg.model import Address, IdentityKind, Inbound, InboundPart, IngestResult, ThreadHints
 
 log = logging.getLogger(__name__)

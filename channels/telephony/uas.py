@@ -23,7 +23,7 @@ from channels.telephony.sipmsg import SipMessage, SipParseError, response_to
 from channels.telephony.transactions import ClientTransactions, ResponseCache, Timers
 from channels.telephony.transport import SipListeners, Source
 from umsg.errors import PermanentError
-from umsg.ingest.identity import normalise_phone
+from umsg.identity import normalise_phone
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from storage.models import Contact
-from umsg import cli_routes
-from umsg.cli import _parser
+from umsg.cli import routes as cli_routes
+from umsg.cli.main import _parser
 from umsg.core import Core
 from umsg.model import Address, IdentityKind, Inbound
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from umsg.errors import PermanentError
-from umsg.ingest.identity import normalise
+from umsg.identity import normalise
 from umsg.model import IdentityKind as K
 
 CASES = [

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from umsg.config import RouteSettings
 from umsg.model import Address, IdentityKind, Inbound
-from umsg.routes import RouteTable
+from umsg.routing.build import build_table
+from umsg.routing.settings import RouteSettings
 
 
 def msg(channel: str = "email", to: str = "support@acme.test", sender: str = "a@b.test") -> Inbound:
@@ -13,11 +13,11 @@ def msg(channel: str = "email", to: str = "support@acme.test", sender: str = "a@
 
 
 def test_empty_table_routes_everything_to_default() -> None:
-    assert RouteTable.from_settings([]).match(msg()).route == "default"
+    assert build_table([]).match(msg()).route == "default"
 
 
 def test_first_matching_route_wins_and_explain_says_why_others_did_not() -> None:
-    table = RouteTable.from_settings([
+    table = build_table([
         RouteSettings(name="sms", channel="sms", queue="texts"),
         RouteSettings(name="sales", to="sales@*", queue="sales", priority=2),
         RouteSettings(name="sales-too", to="sales@acme.test", queue="other"),
@@ -31,5 +31,5 @@ def test_first_matching_route_wins_and_explain_says_why_others_did_not() -> None
 
 
 def test_configured_catch_all_replaces_builtin_default() -> None:
-    table = RouteTable.from_settings([RouteSettings(name="everything", queue="general")])
+    table = build_table([RouteSettings(name="everything", queue="general")])
     assert [r.name for r in table.routes] == ["everything"]

@@ -95,7 +95,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_good_file_loads_one_table_per_project(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, GOOD), environ={})
-    book = RouteBook.from_settings(settings)
+    book = RouteBook.from_settings(settings.routes, settings.project)
     assert book.configured("acme").names() == ["blocklist", "vip", "closed", "general"]
     assert book.configured("other").names() == ["partner", "default"]
     assert book.configured("nobody").names() == ["default"]

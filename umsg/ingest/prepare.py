@@ -30,7 +30,7 @@ from converters.registry import ConverterRegistry
 from storage.blobs import BlobStore
 from umsg.config import IngestSettings
 from umsg.errors import PermanentError
-from umsg.ingest.identity import normalise
+from umsg.identity import normalise
 from umsg.model import Inbound
 from umsg.workers import process_pool
 

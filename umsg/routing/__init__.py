@@ -30,15 +30,15 @@ A table whose last route has filters gets the built-in `default` route.
 
 Modules, lowest first: `patterns` (address/number/text patterns), `clock`
 (time windows and business-hours calendars), `filters` (the filter kinds and
-the sample item they judge), `targets`, `shadow` (refusing routes that can
+the sample item they judge), `targets`, `settings` (the typed `[[routes]]` tables,
+validated by those parsers), `shadow` (refusing routes that can
 never match), `table` (the ordered table, matching and explaining), `build`
 (configuration → frozen routes, with keyed problems), `book` (per-project
 tables from TOML and the store, reloaded without a restart), `actions` (what
 the ingest does with a decision: auto-reply, forward, preferred agent) and
 `probe` (a sample item from loose fields, for `umsg routes test` and the API).
 
-`patterns`, `clock`, `filters` and `targets` use the standard library only,
-so `umsg.config` validates `RouteSettings` with the very parsers the routes
-are built with; `build` and the modules above it import `umsg.config`.
-This package's `__init__` imports nothing, to keep that one-way.
+The package imports nothing of `umsg.config`: the configuration imports `settings` and
+`build` from here (to hold the routes and refuse a table that cannot work), never the
+other way. This package's `__init__` imports nothing, to keep that one-way.
 """

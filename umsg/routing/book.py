@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Project, StoredRouteTable
 from storage.types import utcnow
-from umsg.config import RouteSettings, Settings
 from umsg.errors import ConfigError, Conflict
 from umsg.events import add_event
 from umsg.routing.build import build_route, dump_route, parse_table, tables_by_project
+from umsg.routing.settings import RouteSettings
 from umsg.routing.table import RouteTable
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,12 @@ class RouteBook:
         self._cache: dict[int, _Cached] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RouteBook:
+    def from_settings(cls, routes: Sequence[RouteSettings], default_project: str) -> RouteBook:
+        """The book of the configuration's `[[routes]]`; a route naming no project is the default one's."""
         grouped: dict[str, list[RouteSettings]] = {}
-        for rs in settings.routes:
-            grouped.setdefault(rs.project or settings.project, []).append(rs)
-        return cls(grouped, settings.project)
+        for rs in routes:
+            grouped.setdefault(rs.project or default_project, []).append(rs)
+        return cls(grouped, default_project)
 
     def configured(self, slug: str) -> RouteTable:
         """The table of the TOML configuration for project `slug` (the built-in default if none)."""

@@ -10,12 +10,11 @@ non-default route named `default`, and routes an earlier route shadows
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from umsg.config import RouteSettings
 from umsg.routing import clock
 from umsg.routing.filters import (
     ChannelFilter,
@@ -34,6 +33,7 @@ from umsg.routing.filters import (
     parse_names,
 )
 from umsg.routing.patterns import parse_patterns
+from umsg.routing.settings import RouteSettings
 from umsg.routing.shadow import shadowed
 from umsg.routing.table import DEFAULT_NAME, Route, RouteTable
 from umsg.routing.targets import AutoReply, Forward, PreferredAgent, Target
@@ -85,6 +85,11 @@ def _target(rs: RouteSettings) -> Target:
 def build_route(rs: RouteSettings) -> Route:
     """The frozen route for validated settings."""
     return Route(rs.name, _filters(rs), _target(rs))
+
+
+def build_table(routes: Iterable[RouteSettings]) -> RouteTable:
+    """One project's table from validated `RouteSettings`, in order."""
+    return RouteTable(build_route(r) for r in routes)
 
 
 def table_problems(routes: Sequence[RouteSettings], default_project: str,

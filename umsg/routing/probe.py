@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Contact, Identity
 from umsg.errors import PermanentError
-from umsg.ingest.identity import normalise
+from umsg.identity import normalise
 from umsg.model import IdentityKind
 from umsg.routing.filters import Sample
 

@@ -18,7 +18,7 @@ from umsg.routing.filters import Check, Filter, Sample
 from umsg.routing.targets import RouteDecision, Target
 
 if TYPE_CHECKING:
-    from umsg.config import RouteSettings
+    pass
 
 DEFAULT_NAME = "default"
 
@@ -100,13 +100,6 @@ class RouteTable:
             self.routes.append(BUILTIN_DEFAULT)
         self.version = version  # the stored version, 0 for a table from the configuration
         self.source = source  # "config" or "stored"
-
-    @classmethod
-    def from_settings(cls, routes: Iterable[RouteSettings]) -> RouteTable:
-        """Build from validated `RouteSettings` (one project's routes, in order)."""
-        from umsg.routing.build import build_route  # build imports this module
-
-        return cls(build_route(r) for r in routes)
 
     def match(self, item: Sample | Inbound, now: datetime | None = None) -> RouteDecision:
         sample = sample_of(item, now)

@@ -8,18 +8,17 @@ errors included), errors (every failure becomes the JSON error shape), auth
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aiohttp import web
 
-from channels.base import ChannelAdapter
 from umsg.web.auth import auth_middleware
-from umsg.web.endpoints import register
+from umsg.web.endpoints import ENDPOINTS, register
 from umsg.web.errors import error_middleware
 from umsg.web.inbox_static import mount_inbox
-from umsg.web.keys import ADAPTERS, CORE, ENDPOINTS, METRICS
-from umsg.web.metrics import WebMetrics, metrics_middleware
+from umsg.web.keys import ADAPTERS, CORE
+from umsg.web.metrics import METRICS, WebMetrics, metrics_middleware
 from umsg.web.table import ENDPOINTS as TABLE
 from umsg.web.ws import OPEN_SOCKETS, close_sockets
 
@@ -48,10 +47,18 @@ def create_app(core: Core, adapters: Mapping[str, object] | None = None) -> web.
 CHANNELS_PREFIX = "/channels"
 
 
+@runtime_checkable
+class ServesWeb(Protocol):
+    """An adapter with routes of its own (`channels.base.ChannelAdapter.web_routes`); the web app
+    sees adapters only through this, so that nothing but the service wiring imports `channels`."""
+
+    def web_routes(self) -> Sequence[web.RouteDef]: ...
+
+
 def _mount_channel_routes(app: web.Application, adapters: Mapping[str, object]) -> None:
     """Serve each adapter's own routes under `/channels/<instance>/` (the adapter authenticates)."""
     for name, adapter in adapters.items():
-        routes = adapter.web_routes() if isinstance(adapter, ChannelAdapter) else ()
+        routes = adapter.web_routes() if isinstance(adapter, ServesWeb) else ()
         for route in routes:
             path = f"{CHANNELS_PREFIX}/{name}/{route.path.lstrip('/')}"
             web.RouteDef(route.method, path, route.handler, route.kwargs).register(app.router)

@@ -90,6 +90,9 @@ class Endpoint:
         return self.handler.__name__.lstrip("_")
 
 
+ENDPOINTS: web.AppKey[tuple[Endpoint, ...]] = web.AppKey("umsg_endpoints")
+
+
 def _adapt(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         principal = request.get(PRINCIPAL)

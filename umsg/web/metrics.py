@@ -20,7 +20,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from umsg.web.endpoints import Ctx
-from umsg.web.keys import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,9 @@ class WebMetrics:
         self.store.ingest = dict(ingest)
         self.store.queue = queue
         return generate_latest(self.registry)
+
+
+METRICS: web.AppKey[WebMetrics] = web.AppKey("umsg_metrics")
 
 
 def _route_of(request: web.Request) -> str:

@@ -14,8 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 import umsg
-from umsg.web.endpoints import Ctx, Endpoint, json_ok
-from umsg.web.keys import ENDPOINTS
+from umsg.web.endpoints import ENDPOINTS, Ctx, Endpoint, json_ok
 
 REF = "#/components/schemas/{model}"
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from umsg.cli.common import EXIT_OK, settings_from_args
 from umsg.errors import ConfigError
 
 _BAR = 30
@@ -83,9 +84,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from umsg.cli import EXIT_OK, _settings
-
-    result = asyncio.run(_run(args, _settings(args)))
+    result = asyncio.run(_run(args, settings_from_args(args)))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:

@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TextIO
 
-from umsg.config import Settings, load_settings
+from umsg.cli.common import EXIT_OK, settings_from_args
+from umsg.config import Settings
 from umsg.errors import ConfigError
 from umsg.routing.build import tables_by_project
 from umsg.routing.filters import Sample
 from umsg.routing.probe import make_sample
 from umsg.routing.table import Explanation, RouteTable
-
-EXIT_OK = 0
 
 
 def add_to(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -77,14 +74,6 @@ def _at(text: str | None) -> datetime | None:
         raise ConfigError([("at", f"{text!r} is not an ISO time such as 2026-03-30T08:30+02:00")]) from exc
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    path: Path | None = args.config
-    if path is None and os.environ.get("UMSG_CONFIG"):
-        path = Path(os.environ["UMSG_CONFIG"])
-    overrides = {"data_dir": str(args.data_dir)} if args.data_dir is not None else None
-    return load_settings(path, overrides=overrides)
-
-
 async def _from_store(settings: Settings, slug: str, sample: Sample, attrs_given: bool
                       ) -> tuple[RouteTable, str, Sample]:
     from dataclasses import replace
@@ -102,7 +91,7 @@ async def _from_store(settings: Settings, slug: str, sample: Sample, attrs_given
             pid = await s.scalar(select(Project.id).where(Project.slug == slug))
             if pid is None:
                 raise ConfigError([("project", f"no project {slug!r} in the database")])
-            eff = await RouteBook.from_settings(settings).effective(s, pid, slug)
+            eff = await RouteBook.from_settings(settings.routes, settings.project).effective(s, pid, slug)
             if not attrs_given:
                 sample = replace(sample, attributes=await contact_attributes(s, pid, sample.sender))
     finally:
@@ -132,7 +121,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     import sys
 
     out = out or sys.stdout
-    settings = _settings(args)
+    settings = settings_from_args(args)
     slug = args.project or settings.project
     attrs = _pairs(args.attr, "attr")
     sample = make_sample(channel=args.channel, sender=args.sender, to=args.to, at=_at(args.at),

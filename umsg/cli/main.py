@@ -18,25 +18,23 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from umsg import __version__, cli_routes
-from umsg.cli_import import add_import_command, cmd_import
-from umsg.config import ChannelSettings, Settings, check_file, load_settings
+from umsg import __version__
+from umsg.cli import routes as cli_routes
+from umsg.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, settings_from_args
+from umsg.cli.importer import add_import_command, cmd_import
+from umsg.config import ChannelSettings, Settings, check_file
 from umsg.errors import ConfigError, UmsgError
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 ROLES = ("admin", "supervisor", "agent")
 
 
@@ -76,26 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """Layer the configuration file (flag, else $UMSG_CONFIG), the environment and the flags."""
-    path: Path | None = args.config
-    if path is None and os.environ.get("UMSG_CONFIG"):
-        path = Path(os.environ["UMSG_CONFIG"])
-    overrides: dict[str, Any] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = str(args.data_dir)
-    http: dict[str, Any] = {}
-    if getattr(args, "http_host", None) is not None:
-        http["host"] = args.http_host
-    if getattr(args, "http_port", None) is not None:
-        http["port"] = args.http_port
-    if http:
-        overrides["http"] = http
-    if getattr(args, "log_level", None) is not None:
-        overrides["log_level"] = args.log_level
-    return load_settings(path, overrides=overrides)
-
-
 def _shown_url(settings: Settings) -> str:
     masked: str = settings.masked()["database"]["url"]
     return masked or settings.database_url
@@ -108,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from umsg.gc_tuning import settle_after_start
     from umsg.serve import run_service
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     # This process is the service's own: tune its collector once everything has started.
     asyncio.run(run_service(settings, ready=lambda _url: settle_after_start()))
     return EXIT_OK
@@ -170,7 +148,7 @@ async def _migrate(settings: Settings, out: TextIO) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    asyncio.run(_migrate(_settings(args), sys.stdout))
+    asyncio.run(_migrate(settings_from_args(args), sys.stdout))
     return EXIT_OK
 
 
@@ -268,7 +246,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         raise ConfigError([("agent", "--agent LOGIN is required for role agent")])
     if args.role != "agent" and args.agent:
         raise ConfigError([("agent", f"only an agent token acts as an agent, not role {args.role}")])
-    token = asyncio.run(_create_token(_settings(args), args.role, args.agent, args.label))
+    token = asyncio.run(_create_token(settings_from_args(args), args.role, args.agent, args.label))
     print(token)
     return EXIT_OK
 

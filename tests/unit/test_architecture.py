@@ -1,0 +1,124 @@
+"""The layering is true and checked: import contracts hold, and every module imports on its own.
+
+`lint-imports` (import-linter, configured in pyproject.toml) is what `scripts/test-all` runs;
+here it is also shown to fail on a deliberately bad copy of the tree, so a contract that
+can never break would be noticed. Every module is then imported alone in an interpreter
+that has loaded none of ours, which is where an import cycle shows at run time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("umsg", "channels", "converters", "storage")
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _modules() -> list[str]:
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("")
+            if "migrations" in rel.parts or rel.name == "__main__":
+                continue
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            found.append(".".join(parts))
+    return found
+
+
+def _copy_tree(dest: Path) -> None:
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, dest / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "static", "*.wav"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(LINT_IMPORTS), "--config", "pyproject.toml", "--no-cache"], cwd=tree,
+                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_contracts_hold_on_the_tree() -> None:
+    result = _lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+# A bad change of each kind the contracts forbid: (file, line appended, contract name that must break).
+BAD_CHANGES = [
+    ("storage/types.py", "import umsg.model", "storage imports nothing of ours above it"),
+    ("umsg/model.py", "import umsg.core", "no import cycles"),
+    ("umsg/queue.py", "import channels.base", "only the composition root"),
+    ("channels/sms/gsm.py", "import umsg.queue", "channels use only the core's API"),
+    ("converters/base.py", "import storage.models", "converters use nothing of the core"),
+    ("umsg/routing/filters.py", "import umsg.ingest.rows", "channel routes do not import the ingest pipeline"),
+]
+
+
+@pytest.mark.parametrize(("path", "line", "contract"), BAD_CHANGES, ids=[c[0] for c in BAD_CHANGES])
+def test_a_bad_import_breaks_its_contract(tmp_path: Path, path: str, line: str, contract: str) -> None:
+    _copy_tree(tmp_path)
+    target = tmp_path / path
+    target.write_text(target.read_text() + f"\n{line}  # deliberately bad\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0, result.stdout
+    broken = result.stdout.split("Broken contracts", 1)[-1]
+    assert contract in broken, result.stdout
+
+
+def test_every_ignored_breach_still_exists() -> None:
+    """An `ignore_imports` entry that no longer matches an import is stale: import-linter says so
+    (its default alerting is an error), and this makes sure nobody turned that off."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    for contract in config["contracts"]:
+        assert contract.get("unmatched_ignore_imports_alerting", "error") == "error", contract["id"]
+
+
+# Imports every module of ours in a process forked from one that has loaded only third-party
+# libraries: each import starts with none of our modules loaded, as in a fresh interpreter,
+# without paying an interpreter's start (and SQLAlchemy's import) per module.
+_FORK_EACH = textwrap.dedent("""
+    import importlib, os, sys, traceback
+    for name in sys.argv[2].split(","):
+        if name:
+            importlib.import_module(name)
+    failed = 0
+    for module in sys.argv[1].split(","):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                importlib.import_module(module)
+            except BaseException:
+                print(f"FAIL {module}: " + traceback.format_exc().strip().splitlines()[-1], flush=True)
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        failed += status != 0
+    print(f"failed {failed}")
+""")
+
+
+def test_every_module_imports_alone() -> None:
+    modules = _modules()
+    assert len(modules) > 150  # the whole tree, not an empty walk
+    # The third-party libraries our modules use, found by importing them all once.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import importlib, sys\n"
+         f"for m in {modules!r}: importlib.import_module(m)\n"
+         f"print(','.join(sorted({{n.split('.')[0] for n in sys.modules}} - {set(PACKAGES)!r})))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    third_party = [n for n in probe.stdout.strip().split(",") if n and not n.startswith("_")]
+    result = subprocess.run([sys.executable, "-c", _FORK_EACH, ",".join(modules), ",".join(third_party)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("failed 0"), result.stdout
