@@ -24,11 +24,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from storage.bulk import Bulk, json_list
 from storage.db import OWN_BEGIN_OPTION, SessionFactory, read_sessions_for
 from storage.models import ChannelState, Identity, Message, ProviderRef
 from storage.types import utcnow
 from umsg.events import EventLog
-from umsg.ingest.bulk import Bulk, json_list
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class DeliveryReports:
 
     async def _commit_lean(self, engine: AsyncEngine, batch: list[_Bind]) -> None:
         """`_commit` for single-part binds on SQLite, in two hops to the driver's thread instead of a
-        session's dozen (see `umsg.ingest.bulk`): BEGIN IMMEDIATE with the read of the messages,
+        session's dozen (see `storage.bulk`): BEGIN IMMEDIATE with the read of the messages,
         then the rows with COMMIT. Every bind of a batch waits on it, so on a busy event loop
         each hop saved is latency saved for the whole window of sends."""
         now = self._clock()

@@ -16,12 +16,12 @@ from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, bin
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.bulk import Bulk
 from storage.db import create_engine, writer_connection
 from storage.models import Blob, Contact, Event, Identity, Message, Part, QueueItem, ThreadRef
 from umsg.core import Core
 from umsg.errors import TransientError
 from umsg.ingest.batch import BatchState
-from umsg.ingest.bulk import Bulk
 from umsg.ingest.ingestor import Ingestor
 from umsg.ingest.rows import Work
 from umsg.ingest.steps import STEPS, Ctx

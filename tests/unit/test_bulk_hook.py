@@ -1,4 +1,4 @@
-"""The private aiosqlite API `umsg.ingest.bulk` runs a batch with: it must still be there and do the same.
+"""The private aiosqlite API `storage.bulk` runs a batch with: it must still be there and do the same.
 
 If this fails after an aiosqlite upgrade, do not widen the pin in pyproject.toml before
 `Bulk._on_thread` is made to work with the new version (or falls back to public calls).
@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from umsg.ingest.bulk import Bulk
+from storage.bulk import Bulk
 
 HOOK = ("_execute", "_conn")
 
@@ -22,7 +22,7 @@ HOOK = ("_execute", "_conn")
 def test_aiosqlite_still_has_the_private_calls_bulk_uses() -> None:
     missing = [name for name in HOOK if not hasattr(aiosqlite.Connection, name)]
     assert not missing, (f"aiosqlite {aiosqlite.__version__} has no Connection.{', '.join(missing)}: "
-                         "umsg.ingest.bulk._on_thread needs them")
+                         "storage.bulk._on_thread needs them")
 
 
 async def test_a_function_runs_on_the_driver_thread_with_the_sqlite3_connection() -> None:

@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.bulk import Bulk
 from storage.models import Contact
-from umsg.ingest.bulk import Bulk
 from umsg.ingest.preread import ID_TABLES, OPEN_STATES, PreReader
 from umsg.ingest.rows import ContactRow, ConvRow, StoredMessage, Work
 from umsg.routing.table import RouteTable

@@ -16,8 +16,8 @@ from typing import Any, cast
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.bulk import Bulk
 from storage.models import Blob, Contact, Conversation, Event, Identity, Message, Part, QueueItem, ThreadRef
-from umsg.ingest.bulk import Bulk
 from umsg.ingest.rows import ContactRow, ConvRow, Work
 
 _CONTACT = cast(Table, Contact.__table__)

@@ -39,8 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import CompoundSelect
 
+from storage.bulk import Bulk, json_list
 from storage.models import Contact, Conversation, Identity, Message, Part, QueueItem, ThreadRef
-from umsg.ingest.bulk import Bulk, json_list
 
 # The tables the writer gives ids to, in the order of the `x` row's columns.
 ID_TABLES: tuple[Table, ...] = tuple(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from storage.bulk import Bulk
 from storage.db import SessionFactory, writer_connection
 from storage.types import utcnow
 from umsg.config import IngestSettings
@@ -32,7 +33,6 @@ from umsg.errors import TransientError, UmsgError
 from umsg.events import EventLog
 from umsg.ingest import followup, ids, persist
 from umsg.ingest.batch import BatchState, Want
-from umsg.ingest.bulk import Bulk
 from umsg.ingest.prepare import Prepared
 from umsg.ingest.preread import PreReader
 from umsg.ingest.rows import Work

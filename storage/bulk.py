@@ -1,4 +1,4 @@
-"""Multi-row INSERTs and UPDATEs for the ingest writer, a whole batch in one driver hop on SQLite.
+"""Multi-row INSERTs and UPDATEs for the batch writers (ingest, SMSC-id binds): a batch in one hop on SQLite.
 
 Through SQLAlchemy's aiosqlite adapter every statement costs four hops to the
 driver's thread (open a cursor, execute, fetch, close), about 0.1 ms of the
