@@ -108,16 +108,20 @@ def _charset(part: Message) -> str | None:
         return None
 
 
-def _add_tnef(data: bytes, bodies: _Bodies) -> bool:
+def _add_tnef(data: bytes, bodies: _Bodies) -> None:
     try:
         tnef = read_tnef(data)
     except TnefError:
-        return False
+        return
     for att in tnef.attachments:
-        bodies.parts.append(InboundPart(att.media_type or "application/octet-stream", att.data, att.filename))
-    if tnef.body and not bodies.text:
-        bodies.text.append(tnef.body)
-    return True
+        bodies.parts.append(InboundPart(att.media_type or "application/octet-stream", att.data, att.filename,
+                                        att.content_id))
+    # Outlook's MIME body, when there is one, is the same message: the container fills only what is missing.
+    if tnef.text and not bodies.text:
+        bodies.text.append(tnef.text)
+    if tnef.html and not bodies.html:
+        bodies.html.append(tnef.html)  # sanitised with the others in to_inbound
+    bodies.guessed.extend(tnef.guessed)
 
 
 def _collect(msg: Message) -> _Bodies:
@@ -138,8 +142,9 @@ def _collect(msg: Message) -> _Bodies:
             (bodies.text if ctype == "text/plain" else bodies.html).append(decoded.text)
             continue
         data = _leaf_bytes(part)
-        if ctype in _TNEF_TYPES and _add_tnef(data, bodies):
-            continue
+        if ctype in _TNEF_TYPES:
+            # The container is kept as well: a damaged stream may have been read only in part.
+            _add_tnef(data, bodies)
         cid = str(part.get("Content-ID", "") or "").strip().strip("<>") or None
         role = "inline" if disposition == "inline" or (cid and disposition != "attachment") else "attachment"
         bodies.parts.append(InboundPart(ctype, data, filename, cid, role))

@@ -134,11 +134,12 @@ def test_tnef_reader() -> None:
     tnef = read_tnef(make_tnef([("Quarterly report.txt", b"numbers"), ("notes.txt", b"more")], body="Hi"))
     assert [(a.filename, a.data, a.media_type) for a in tnef.attachments] == [
         ("Quarterly report.txt", b"numbers", "text/plain"), ("notes.txt", b"more", "text/plain")]
-    assert tnef.body == "Hi"
+    assert tnef.text == "Hi"
     with pytest.raises(TnefError):
         read_tnef(b"not tnef at all")
-    with pytest.raises(TnefError):
-        read_tnef(make_tnef([("a.txt", b"data")])[:-7])
+    cut = read_tnef(make_tnef([("a.txt", b"data")])[:-7])  # read as far as it goes, and said so
+    assert [(a.filename, a.data) for a in cut.attachments] == [("a.txt", b"data")]
+    assert cut.problems
 
 
 def test_winmail_dat_is_unpacked_and_a_broken_one_kept() -> None:
@@ -153,6 +154,7 @@ def test_winmail_dat_is_unpacked_and_a_broken_one_kept() -> None:
     names = [(p.filename, p.data) for p in inbound.parts]
     assert ("Invoice 42.txt", b"total 42") in names
     assert ("winmail.dat", b"garbage") in names  # unreadable: kept as it came
+    assert [n for n, _ in names].count("winmail.dat") == 2  # the readable one is kept too
 
 
 # -- threading hints ------------------------------------------------------------------------------
