@@ -22,6 +22,7 @@ from storage.blobs import BlobStore
 from storage.db import SessionFactory, create_engine, read_session_factory, session_factory
 from storage.migrate import upgrade
 from storage.models import Project
+from umsg.channel_jobs import ChannelJobs
 from umsg.config import Settings
 from umsg.events import EventLog
 from umsg.ingest.ingestor import Ingestor
@@ -101,6 +102,7 @@ class Core:
         return ChannelServices(
             sessions=self.sessions, readers=self.readers, blobs=self.blobs, routes=self.routes,
             events=self.events, outbox=self.outbox, reports=self.reports,
+            jobs=ChannelJobs(self.sessions, self.readers),
             public_url=self.settings.http.public_url or "", default_project=self.settings.project,
         )
 

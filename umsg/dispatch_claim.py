@@ -7,7 +7,8 @@ and holds the only write lock, so nothing can take a row between the select and 
 update. Either way one round trip leases a whole batch; the messages of the batch move
 from `queued` to `sending` in the same transaction.
 
-Also here: `recover_expired`, which hands back jobs whose dispatcher vanished mid-send.
+Also here: `recover_expired`, which hands back `deliver` jobs whose dispatcher vanished
+mid-send (the channels' jobs in the same table are theirs to take over: umsg/channel_jobs.py).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ async def recover_expired(s: AsyncSession, *, now: datetime, limit: int) -> int:
         await s.execute(
             select(_JOB.c.id, _JOB.c.project_id, _JOB.c.payload, _JOB.c.lease_owner, _JOB.c.attempts,
                    _JOB.c.max_attempts)
-            .where(_JOB.c.status == "leased", _JOB.c.lease_until < now)
+            # Channels' jobs (umsg.channel_jobs) share the table: their owners recover those.
+            .where(_JOB.c.kind == "deliver", _JOB.c.status == "leased", _JOB.c.lease_until < now)
             .order_by(_JOB.c.lease_until)
             .limit(limit)
         )

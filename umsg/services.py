@@ -3,9 +3,10 @@
 `ChannelServices` is handed to every adapter (`ChannelAdapter.bind`) before `start`. Adapters
 use it for durable channel state (`sessions` with `storage.models.ChannelState`), reading
 stored media (`blobs`), the route table (`routes`: which dialled number a channel answers),
-queueing automatic mail (`outbox.notify`), delivery reports (`reports`) and links back to
-the inbox (`public_url`). It is the whole of what a channel may touch: channels never import
-the ingest pipeline, the router or the web app.
+queueing automatic mail (`outbox.notify`), delivery reports (`reports`), leased jobs of
+its own (`jobs`: work that outlives `send`, shared by every gateway on the store) and links
+back to the inbox (`public_url`). It is the whole of what a channel may touch: channels never
+import the ingest pipeline, the router or the web app.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from storage.blobs import BlobStore
 from storage.db import SessionFactory
+from umsg.channel_jobs import ChannelJobs
 from umsg.events import EventLog
 from umsg.outbound import Outbox
 from umsg.reports import DeliveryReports
@@ -29,6 +31,8 @@ class ChannelServices:
     events: EventLog
     outbox: Outbox
     reports: DeliveryReports
+    # Durable, leased work of a channel's own kind (umsg/channel_jobs.py): fax send jobs.
+    jobs: ChannelJobs
     # Base URL of the web app as users reach it ("" when not configured): for links in mail.
     public_url: str
     # The project messages go to when a channel does not name one.
