@@ -12,10 +12,12 @@ handed over (`FaxChannel.app_for` is the voicemail channel's `set_fax_apps` hook
 Email-to-fax is a channel route that forwards mail for `fax+<number>@` to `{recipient_detail}` on
 this channel (README "Channels"; `umsg.routing.actions`).
 
-Sending: `send` renders to TIFF-F, stores a durable job and answers ACCEPTED; the call goes
-out through the `send.trunk` (T.38 first, G.711 on 488), busy/no answer retried on
-`send.retry_seconds`, and the result (pages, rate, SpanDSP's reason) reaches the message as a
-delivery report.
+Sending: `send` renders to TIFF-F, stores a durable job (the core's leased job table,
+`ChannelServices.jobs`) and answers ACCEPTED; the call goes out through the `send.trunk`
+(T.38 first, G.711 on 488), busy/no answer retried on `send.retry_seconds`, and the result
+(pages, rate, SpanDSP's reason) reaches the message as a delivery report. Every gateway on
+one store calls from the same jobs; the lease gives each to one gateway at a time, and the
+job of a gateway that died mid-call goes to another once its lease (a minute) runs out.
 
 Pieces: `engine.py` (one SpanDSP session), `loopback.py` (two sessions back to back in
 memory), `media.py` (one call's fax media, either direction), `receive.py`, `transmit.py`

@@ -209,7 +209,8 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
             rendered = await render_outbound(self.settings.send, outbound, await self._flags(outbound.message_id))
         except ConversionError as exc:
             return DeliveryResult(DeliveryStatus.PERMANENT_FAILURE, detail=f"cannot fax this: {exc}")
-        await self.outgoing.submit(outbound.message_id, outbound.recipient, rendered.tiff, rendered.pages)
+        await self.outgoing.submit(outbound.message_id, outbound.recipient, rendered.tiff, rendered.pages,
+                                   project_id=int(outbound.meta["project_id"]))
         return DeliveryResult(DeliveryStatus.ACCEPTED, detail=f"{rendered.pages} page(s) queued for calling")
 
     async def _flags(self, message_id: int) -> dict[str, Any]:

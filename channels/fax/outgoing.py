@@ -1,18 +1,28 @@
-"""Durable fax send jobs: accepted quickly, called in the background, retried on a schedule.
+"""Durable fax send jobs: accepted quickly, called by one gateway under a lease, retried on a schedule.
 
 A fax takes minutes (ringing, training, pages at 14.4 kbit/s), longer than the dispatcher
-waits for `send`. So `submit` stores the rendered TIFF (a blob) and a job row
-(`ChannelState`, channel `fax-send:<instance>`, key `send:<message id>`), commits, and only
-then does the adapter answer ACCEPTED; the call runs in a task this runner owns. `resume`
-(at start) picks up every job a stopped process left, so a restart loses no fax.
+waits for `send`. So `submit` stores the rendered TIFF (a blob) and a job of kind
+`fax-send:<instance>` in the core's job table (`ChannelServices.jobs`, umsg/channel_jobs.py;
+one job per message, so a repeated `send` adds none), committed before the adapter answers
+ACCEPTED. A worker (started by `resume`, stopped by `aclose`) claims due jobs and places up to
+`max_concurrent` calls at once. Every gateway on the store runs one, and the lease gives each
+job to one of them at a time, so two gateways never call one fax twice at once.
+
+The lease is short (`lease_seconds`, default 60 s) and renewed every third of it while the
+call runs, rather than longer than a call can take (`max_call_seconds`, 30 minutes): a
+gateway that dies mid-call leaves its job to another gateway, or to itself once restarted,
+within a minute. A call whose renewal is refused (the job was taken while this gateway
+stalled for a whole lease) is hung up, and its result is not reported. The fax of a call
+that died is sent again: at least once is all a call cut off half-way allows.
 
 Each attempt is one call (`transmit`). Busy, no answer, an unreachable trunk and a transfer
 that failed in T.30 are tried again after `retry_seconds[n]` (the last delay repeats) until
-`max_attempts`; a refused call (404, 403, auth) fails at once. The final result goes through
-`DeliveryReports.record`: delivered or failed, the reason (SpanDSP's completion text or the
-SIP outcome) as detail, and pages, bit rate, transport and attempts in `flags["delivery"]`.
-The job row is marked finished before the report and removed after it, so a crash in
-between re-reports rather than re-sends.
+`max_attempts`; a call lost with its gateway counts as an attempt; a refused call (404, 403,
+auth) fails at once. The final result goes through `DeliveryReports.record`: delivered or
+failed, the reason (SpanDSP's completion text or the SIP outcome) as detail, and pages, bit
+rate, transport, attempts and their history in `flags["delivery"]`. The result is saved in
+the job (still leased) before the report and the job settled after it, so a crash in between
+re-reports rather than re-sends.
 """
 
 from __future__ import annotations
@@ -20,21 +30,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import delete, select
 
 from channels.fax.settings import FaxSendSettings
 from channels.fax.transmit import Transmission
 from channels.telephony.call import CallError
 from channels.telephony.uac import Busy, DialError, NoAnswer, Unreachable
-from storage.models import ChannelState
-from umsg.errors import TransientError
+from umsg.errors import Conflict, TransientError
 
 if TYPE_CHECKING:
+    from umsg.channel_jobs import ChannelJob
     from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
@@ -43,127 +56,184 @@ Dial = Callable[[str, Path], Awaitable[Transmission]]
 RETRYABLE_DIAL = (Busy, NoAnswer, Unreachable)
 
 
-def _key(message_id: int) -> str:
-    return f"send:{message_id}"
+@dataclass(frozen=True)
+class _Attempt:
+    """How one call went."""
+
+    word: str  # ok | fax failed | busy | no answer | ... | error
+    reason: str
+    tx: Transmission | None
+    retry: bool
+    failing: bool  # the number does not exist: mark the recipient failing
 
 
 class OutgoingFaxes:
     """The send jobs of one fax adapter instance; see the module docstring."""
 
     def __init__(self, instance: str, channel: str, services: ChannelServices, send: FaxSendSettings,
-                 dial: Dial, *, clock: Callable[[], float] = time.time) -> None:
-        self._state_channel = f"fax-send:{instance}"
+                 dial: Dial, *, clock: Callable[[], float] = time.time, lease_seconds: float = 60.0,
+                 poll_seconds: float = 5.0) -> None:
+        self.kind = f"fax-send:{instance}"
+        # Unique per runner, not per process: a runner never mistakes another's lease for its own.
+        self.owner = f"{self.kind}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._channel = channel
         self._services = services
+        self._jobs = services.jobs
         self._send = send
         self._dial = dial
         self._clock = clock
+        self._lease = lease_seconds
+        self._renew_every = lease_seconds / 3
+        # Jobs submitted by other gateways, or whose lease ran out elsewhere, are found this often.
+        self._poll = poll_seconds
         self._slots = asyncio.Semaphore(send.max_concurrent)
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
         self._done: dict[int, asyncio.Future[dict[str, Any]]] = {}
 
     # -- jobs in ----------------------------------------------------------------------------
 
-    async def submit(self, message_id: int, number: str, tiff: bytes, pages: int) -> bool:
-        """Store the job durably and start it; False when the message already has a job."""
+    async def submit(self, message_id: int, number: str, tiff: bytes, pages: int, *, project_id: int) -> bool:
+        """Store the job durably (committed on return); False when the message already has one."""
         sha = await self._services.blobs.put(tiff)
-        async with self._services.sessions() as s:
-            found = await s.scalar(select(ChannelState.id).where(
-                ChannelState.channel == self._state_channel, ChannelState.key == _key(message_id)))
-            if found is not None:
-                self._start(message_id)  # a retried send of a job we already hold
-                return False
-            s.add(ChannelState(channel=self._state_channel, key=_key(message_id), value={
-                "number": number, "tiff": sha, "pages": pages, "attempts": 0, "next_at": self._clock(),
-                "status": "pending", "history": []}))
-            await s.commit()
-        self._start(message_id)
-        return True
+        payload = {"message_id": message_id, "number": number, "tiff": sha, "pages": pages, "history": []}
+        job_id = await self._jobs.submit(project_id, self.kind, payload, max_attempts=self._send.max_attempts,
+                                         unique="message_id")
+        self.finished(message_id)
+        self._wake.set()
+        return job_id is not None
 
     async def resume(self) -> int:
-        """Start every job left by an earlier run; how many."""
-        async with self._services.readers() as s:
-            keys = list(await s.scalars(select(ChannelState.key).where(
-                ChannelState.channel == self._state_channel, ChannelState.key.startswith("send:"))))
-        for key in keys:
-            self._start(int(key.removeprefix("send:")))
-        return len(keys)
+        """Start the worker; how many unfinished jobs the store holds for this instance (left by
+        an earlier run, or another gateway's)."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name=f"{self.kind}-worker")
+        return await self._jobs.unfinished(self.kind)
 
     def finished(self, message_id: int) -> asyncio.Future[dict[str, Any]]:
-        """Resolves with the job's final result (what went into `flags["delivery"]`)."""
+        """Resolves with the job's final result (what went into `flags["delivery"]`) once this
+        runner reported it."""
         return self._done.setdefault(message_id, asyncio.get_running_loop().create_future())
 
-    def _start(self, message_id: int) -> None:
-        if message_id in self._tasks and not self._tasks[message_id].done():
-            return
-        self._done.setdefault(message_id, asyncio.get_running_loop().create_future())
-        self._tasks[message_id] = asyncio.create_task(self._run(message_id), name=f"fax-send-{message_id}")
+    # -- the worker -------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            await self._slots.acquire()  # claim only what can be called now: a lease waits for no slot
+            self._wake.clear()
+            try:
+                job = await self._jobs.claim(self.kind, self.owner, self._lease)
+            except Exception:  # noqa: BLE001 - the store hiccuped: try again after a pause
+                log.exception("claiming %s jobs failed", self.kind)
+                job = None
+            if job is None:
+                self._slots.release()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await self._wake.wait()
+                continue
+            task = asyncio.create_task(self._run(job), name=f"{self.kind}-job-{job.id}")
+            self._calls.add(task)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._calls.discard(task)
+        self._slots.release()
+
+    def _wake_in(self, seconds: float) -> None:
+        """Claim again once a retried job is due (a little after: the claim compares with the store's time)."""
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._wake.set()
+
+        handle = asyncio.get_running_loop().call_later(seconds + 0.01, fire)
+        self._timers.add(handle)
 
     # -- one job ----------------------------------------------------------------------------
 
-    async def _load(self, message_id: int) -> dict[str, Any] | None:
-        async with self._services.sessions() as s:
-            value = await s.scalar(select(ChannelState.value).where(
-                ChannelState.channel == self._state_channel, ChannelState.key == _key(message_id)))
-        return dict(value) if value is not None else None
-
-    async def _save(self, message_id: int, job: dict[str, Any]) -> None:
-        async with self._services.sessions() as s:
-            row = await s.scalar(select(ChannelState).where(
-                ChannelState.channel == self._state_channel, ChannelState.key == _key(message_id)))
-            if row is not None:
-                row.value = dict(job)  # a new dict, so the ORM sees the JSON change
-                await s.commit()
-
-    async def _run(self, message_id: int) -> None:
+    async def _run(self, job: ChannelJob) -> None:
+        message_id = int(job.payload["message_id"])
         try:
-            job = await self._load(message_id)
-            if job is None:
-                return
-            while job["status"] == "pending":
-                delay = float(job["next_at"]) - self._clock()
-                if delay > 0:
-                    await asyncio.sleep(delay)  # the retry schedule, not synchronisation
-                async with self._slots:
-                    job = await self._attempt(message_id, job)
-                await self._save(message_id, job)
-            await self._report(message_id, job)
+            payload = dict(job.payload)
+            if "result" not in payload:
+                payload = await self._attempt(job, payload)
+                if "result" not in payload:
+                    return  # tried again later
+            await self._report(job, payload)
         except asyncio.CancelledError:
-            raise  # stopping: the row stays and the next start resumes it
+            raise  # stopping: the lease runs out and the job goes to whoever claims it next
+        except Conflict as exc:
+            log.warning("fax job %s for message %s was taken over by another runner: %s", job.id, message_id, exc)
         except Exception as exc:  # noqa: BLE001 - one job's fault must not end the others
-            log.exception("fax job for message %s failed", message_id)
+            # The job stays leased; once the lease runs out it is claimed again (an attempt more).
+            log.exception("fax job %s for message %s failed", job.id, message_id)
             fut = self._done.get(message_id)
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
 
-    async def _attempt(self, message_id: int, job: dict[str, Any]) -> dict[str, Any]:
-        """One call; the job with its new state (pending again, or finished with a result)."""
-        attempts = int(job["attempts"]) + 1
-        path = self._services.blobs.path_for(str(job["tiff"]))
-        retry, failing = True, False
-        tx: Transmission | None = None
+    async def _attempt(self, job: ChannelJob, payload: dict[str, Any]) -> dict[str, Any]:
+        """This claim's call; the payload with its history, and its result when it is final."""
+        history = list(payload.get("history", []))
+        if job.recovered:  # the previous attempt died with its runner
+            history.append({"at": self._clock(), "outcome": "lost", "reason": job.last_error or "lease expired"})
+        if job.attempts > job.max_attempts:  # only lost calls get here: the last one used the last attempt
+            attempts = job.attempts - 1
+            payload = {**payload, "attempts": attempts, "history": history}
+            result = self._result(payload, "failed", f"{job.last_error} (after {attempts} attempts)", None)
+        else:
+            out = await self._call_leased(job, str(payload["number"]), str(payload["tiff"]))
+            log.info("fax for message %s, attempt %d: %s (%s)", payload["message_id"], job.attempts, out.word,
+                     out.reason)
+            history.append({"at": self._clock(), "outcome": out.word, "reason": out.reason})
+            payload = {**payload, "attempts": job.attempts, "history": history}
+            if out.tx is not None and out.tx.outcome.ok:
+                result = self._result(payload, "delivered", out.reason, out.tx)
+            elif out.retry and job.attempts < job.max_attempts:
+                schedule = self._send.retry_seconds or [0.0]
+                wait = schedule[min(job.attempts - 1, len(schedule) - 1)]
+                run_after = datetime.fromtimestamp(self._clock() + wait, UTC)
+                await self._jobs.retry(job.id, self.owner, run_after, f"{out.word}: {out.reason}", payload=payload)
+                self._wake_in(wait)
+                return payload
+            else:
+                detail = out.reason if job.attempts == 1 else f"{out.reason} (after {job.attempts} attempts)"
+                result = {**self._result(payload, "failed", detail, out.tx), "mark_failing": out.failing}
+        payload = {**payload, "result": result}
+        await self._jobs.renew(job.id, self.owner, self._lease, payload=payload)  # durable before the report
+        return payload
+
+    async def _call_leased(self, job: ChannelJob, number: str, tiff: str) -> _Attempt:
+        """One call, the lease renewed while it runs; a lease lost to another runner hangs up (Conflict)."""
+        call = asyncio.ensure_future(self._call(number, tiff))
         try:
-            tx = await self._dial(str(job["number"]), path)
-            word = "ok" if tx.outcome.ok else "fax failed"
-            reason = tx.outcome.reason
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=self._renew_every)
+                if done:
+                    return call.result()
+                try:
+                    await self._jobs.renew(job.id, self.owner, self._lease)
+                except Conflict:
+                    raise
+                except Exception:  # noqa: BLE001 - the store hiccuped; the lease has time left
+                    log.exception("renewing the lease of fax job %s failed", job.id)
+        finally:
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await call
+
+    async def _call(self, number: str, tiff: str) -> _Attempt:
+        try:
+            tx = await self._dial(number, await self._services.blobs.local_path(tiff))
         except DialError as exc:
-            word, reason = exc.outcome, str(exc)
             retry = isinstance(exc, RETRYABLE_DIAL)
-            failing = not retry and exc.status in (404, 410, 484, 604)  # the number does not exist
+            # 404, 410, 484, 604: the number does not exist.
+            return _Attempt(exc.outcome, str(exc), None, retry, not retry and exc.status in (404, 410, 484, 604))
         except (CallError, TransientError, OSError, TimeoutError) as exc:
-            word, reason = "error", f"{type(exc).__name__}: {exc}"
-        log.info("fax for message %s, attempt %d: %s (%s)", message_id, attempts, word, reason)
-        history = [*job.get("history", []), {"at": self._clock(), "outcome": word, "reason": reason}]
-        job = {**job, "attempts": attempts, "history": history}
-        if tx is not None and tx.outcome.ok:
-            return {**job, "status": "finished", "result": self._result(job, "delivered", reason, tx)}
-        schedule = self._send.retry_seconds or [0.0]
-        if retry and attempts < self._send.max_attempts:
-            wait = schedule[min(attempts - 1, len(schedule) - 1)]
-            return {**job, "next_at": self._clock() + wait}
-        detail = reason if attempts == 1 else f"{reason} (after {attempts} attempts)"
-        result = self._result(job, "failed", detail, tx)
-        return {**job, "status": "finished", "result": {**result, "mark_failing": failing}}
+            return _Attempt("error", f"{type(exc).__name__}: {exc}", None, True, False)
+        return _Attempt("ok" if tx.outcome.ok else "fax failed", tx.outcome.reason, tx, True, False)
 
     @staticmethod
     def _result(job: dict[str, Any], status: str, detail: str, tx: Transmission | None) -> dict[str, Any]:
@@ -179,24 +249,29 @@ class OutgoingFaxes:
             extra["pages"] = 0
         return {"status": status, "detail": detail, "extra": extra}
 
-    async def _report(self, message_id: int, job: dict[str, Any]) -> None:
-        result = job["result"]
+    async def _report(self, job: ChannelJob, payload: dict[str, Any]) -> None:
+        message_id = int(payload["message_id"])
+        result = payload["result"]
         await self._services.reports.record(
             channel=self._channel, message_id=message_id, status=result["status"], detail=result["detail"],
             extra=result["extra"], mark_recipient_failing=bool(result.get("mark_failing", False)))
-        async with self._services.sessions() as s:
-            await s.execute(delete(ChannelState).where(
-                ChannelState.channel == self._state_channel, ChannelState.key == _key(message_id)))
-            await s.commit()
+        if result["status"] == "delivered":
+            await self._jobs.finish(job.id, self.owner)
+        else:
+            await self._jobs.fail(job.id, self.owner, str(result["detail"]))
         fut = self._done.get(message_id)
         if fut is not None and not fut.done():
             fut.set_result({"status": result["status"], "detail": result["detail"], **result["extra"]})
 
     async def aclose(self) -> None:
-        tasks = list(self._tasks.values())
+        """Stop claiming and hang up; the jobs held stay leased until their leases run out."""
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        tasks = [t for t in (self._worker, *self._calls) if t is not None]
+        self._worker = None
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._tasks.clear()
