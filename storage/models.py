@@ -407,6 +407,24 @@ class ProviderRef(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ChannelRename(Base):
+    """A stored channel name moved onto a configured instance (migration 0010): at start for the
+    name an adapter type used to stamp (`email`), or by `umsg channels rename OLD NEW`.
+
+    `rows` counts what moved per table; `skipped` what stayed under the old name because its
+    unique key already exists under the new one."""
+
+    __tablename__ = "channel_rename"
+    __table_args__ = (Index("ix_channel_rename_old_name_new_name", "old_name", "new_name"),)
+    id: Mapped[int] = _pk()
+    old_name: Mapped[str] = mapped_column(String(100))
+    new_name: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(16))  # start | cli
+    rows: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    skipped: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # -- web chat and the agents' inbox (issue 5): tables go below, migration 0005 ----------------
 
 
