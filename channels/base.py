@@ -4,9 +4,12 @@ A channel adapter only translates: its wire protocol into `umsg.model.Inbound`
 (handed to the ingest sink, acknowledged to the peer only after the sink
 returned) and `umsg.model.Outbound` into its wire protocol (`send` reports a
 typed `DeliveryResult`). It declares what it can do (`Capabilities`), what its
-peer accepts (`Limits`) and its typed `Settings`, which can also be written as
-one connection URL (`smpp://user:pass@host:2775`). Anything printed or logged
-about an adapter goes through `mask_secrets`.
+peer accepts (`Limits`), the kind of identity it answers on (`identity_kind`) and
+its typed `Settings`, which can also be written as one connection URL
+(`smpp://user:pass@host:2775`). An adapter object is one configured instance, and
+its instance name is the channel: stamped on every `Inbound` (`channel`) and the
+name the dispatcher hands it replies by. Anything printed or logged about an
+adapter goes through `mask_secrets`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from storage.db import SessionFactory
 from umsg.errors import ConfigError
-from umsg.model import DeliveryResult, Inbound, IngestResult, Outbound
+from umsg.model import DeliveryResult, IdentityKind, Inbound, IngestResult, Outbound
 
 if TYPE_CHECKING:
     from umsg.services import ChannelServices
@@ -130,8 +133,44 @@ def validation_problems(
     return problems
 
 
+# What a configuration that still sets the removed `channel` key is told.
+CHANNEL_KEY_GONE = (
+    "the `channel` setting is gone: messages carry the instance's name (the NAME of "
+    "[channels.NAME]); rename the instance instead, and move stored messages with "
+    "`umsg channels rename OLD NAME`")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket an instance binds (for `umsg config check`: two instances cannot share one)."""
+
+    protocol: str  # tcp | udp
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ChannelRef:
+    """A setting of an instance that names another instance (`notify_channel = "support"`).
+
+    `name` None means "the one configured instance answering on `kind`": `required` says
+    whether having none is a problem (several always are). `kind` or `type` is what the
+    named instance must answer on or be.
+    """
+
+    key: str
+    name: str | None
+    kind: IdentityKind | None = None
+    type: str | None = None
+    required: bool = True
+
+
 class ChannelAdapter(ABC, Generic[S]):
-    """One configured channel instance (one SMTP listener, one SMPP bind, one webhook)."""
+    """One configured channel instance (one SMTP listener, one SMPP bind, one webhook).
+
+    Its instance name (`[channels.NAME]`) is the channel: it is stamped on everything the
+    instance ingests (`channel`) and the dispatcher hands it exactly the replies on that name.
+    """
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
@@ -139,6 +178,12 @@ class ChannelAdapter(ABC, Generic[S]):
     Settings: ClassVar[type[BaseModel]]
     # URL schemes `settings_from_url` accepts; empty means just the adapter's name.
     url_schemes: ClassVar[tuple[str, ...]] = ()
+    # The kind of identity this channel answers on: a reply on it goes to the contact's
+    # identity of this kind. None: no fixed kind, answer whoever wrote last (an API channel).
+    identity_kind: ClassVar[IdentityKind | None] = None
+    # The name this type stamped on messages before channels were named by instance; the
+    # service moves stored rows of that name onto the type's one configured instance.
+    legacy_channel_name: ClassVar[str | None] = None
 
     def __init__(self, instance_name: str, settings: S) -> None:
         if not isinstance(settings, self.Settings):
@@ -148,15 +193,28 @@ class ChannelAdapter(ABC, Generic[S]):
         self.instance_name = instance_name
         self.settings: S = settings
 
+    @property
+    def channel(self) -> str:
+        """The channel name stamped on what this instance ingests: its instance name."""
+        return self.instance_name
+
     # -- settings -------------------------------------------------------------------------
 
     @classmethod
     def validate_settings(cls, data: Mapping[str, Any], prefix: str = "") -> BaseModel:
         """Validate raw settings; problems are reported as ConfigError keyed `prefix.<key>`."""
+        data = dict(data)
+        problems: list[tuple[str, str]] = []
+        if "channel" in data and "channel" not in cls.Settings.model_fields:
+            data.pop("channel")
+            problems.append((".".join(p for p in (prefix, "channel") if p), CHANNEL_KEY_GONE))
         try:
-            return cls.Settings.model_validate(dict(data))
+            validated = cls.Settings.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(validation_problems(exc, cls.Settings, prefix)) from exc
+            raise ConfigError(problems + validation_problems(exc, cls.Settings, prefix)) from exc
+        if problems:
+            raise ConfigError(problems)
+        return validated
 
     @classmethod
     def url_fields(cls, url: str) -> dict[str, Any]:
@@ -225,6 +283,19 @@ class ChannelAdapter(ABC, Generic[S]):
         `start`: for the rare channel that hands work to another (a voicemail number passing
         a fax machine to the fax channel). Raise ConfigError when a named peer is missing."""
 
+    def listeners(self) -> Sequence[Listener]:
+        """The sockets this instance will bind, from its settings (port 0: any free port)."""
+        return ()
+
+    def claims(self) -> Sequence[str]:
+        """What only one instance may own, in words (`mail domain acme.example`): two
+        instances claiming one are ambiguous (`umsg config check` reports them)."""
+        return ()
+
+    def channel_refs(self) -> Sequence[ChannelRef]:
+        """The settings that name other instances and are in use (`umsg config check`)."""
+        return ()
+
     def web_routes(self) -> Sequence[web.RouteDef]:
         """HTTP routes the adapter serves itself (provider webhooks, chat websockets).
 
@@ -257,6 +328,7 @@ class ChannelAdapter(ABC, Generic[S]):
         return {
             "instance": self.instance_name,
             "type": self.name,
+            "identity_kind": self.identity_kind.value if self.identity_kind is not None else None,
             "capabilities": asdict(self.capabilities),
             "limits": asdict(self.limits),
             "settings": mask_secrets(self.settings.model_dump(mode="json")),

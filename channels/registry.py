@@ -20,6 +20,7 @@ from typing import Any
 from channels.base import ChannelAdapter
 from umsg.config import ChannelSettings
 from umsg.errors import ConfigError
+from umsg.instances import ChannelInstances, Instance
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,24 @@ class ChannelRegistry:
         self._classes[name] = cls
         return cls
 
+    def class_of(self, instance_name: str, settings: ChannelSettings) -> AdapterClass:
+        """The adapter class of one configured instance; problems keyed `channels.<instance>.type`."""
+        try:
+            return self.get(settings.type)
+        except ConfigError as exc:
+            raise _qualified(f"channels.{instance_name}.type", exc) from exc
+
+    def instances(self, channels: Mapping[str, ChannelSettings]) -> ChannelInstances:
+        """The configured instances as the core sees them: name, type and the identity kind its
+        adapter answers on (disabled ones too: their messages are still stored)."""
+        return ChannelInstances(
+            Instance(name, cs.type, self.class_of(name, cs).identity_kind, cs.enabled)
+            for name, cs in channels.items())
+
+    def legacy_claims(self, channels: Mapping[str, ChannelSettings]) -> list[tuple[str, str | None]]:
+        """(instance, the name its type stamped before channels were named by instance)."""
+        return [(name, self.class_of(name, cs).legacy_channel_name) for name, cs in channels.items()]
+
     def build(self, instance_name: str, settings: ChannelSettings) -> ChannelAdapter[Any]:
         """Validate one configured channel's settings and construct (not start) its adapter.
 
@@ -135,10 +154,7 @@ class ChannelRegistry:
         beside it override what the URL says.
         """
         prefix = f"channels.{instance_name}"
-        try:
-            cls = self.get(settings.type)
-        except ConfigError as exc:
-            raise _qualified(f"{prefix}.type", exc) from exc
+        cls = self.class_of(instance_name, settings)
         data: dict[str, Any] = dict(settings.model_extra or {})
         url = data.pop("url", None) if "url" not in cls.Settings.model_fields else None
         if url is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -76,8 +77,17 @@ class QueueSettings(_Strict):
     sweep_seconds: float = Field(default=5.0, gt=0)
 
 
+# A channel instance's name is the channel stored on its messages (32 characters) and the
+# path of its web routes (`/channels/NAME/`); route filters compare it in lower case.
+CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
 class ChannelSettings(BaseModel):
-    """A configured channel instance: its adapter type plus the adapter's own settings."""
+    """A configured channel instance: its adapter type plus the adapter's own settings.
+
+    The instance's name (the key under `channels`) is the channel: messages, conversations
+    and queue items carry it, and replies on it leave through this instance.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
     type: str
@@ -101,6 +111,14 @@ class Settings(_Strict):
     )
     routes: list[RouteSettings] = Field(default_factory=list)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _channel_names(self) -> Settings:
+        bad = [n for n in self.channels if not CHANNEL_NAME.match(n)]
+        if bad:
+            raise ConfigError([(f"channels.{n}", "a channel instance's name is 1-32 lower-case letters, digits, "
+                                                 "'-' or '_', starting with a letter") for n in bad])
+        return self
 
     @model_validator(mode="after")
     def _route_tables(self) -> Settings:

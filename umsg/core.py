@@ -26,6 +26,7 @@ from umsg.channel_jobs import ChannelJobs
 from umsg.config import Settings
 from umsg.events import EventLog
 from umsg.ingest.ingestor import Ingestor
+from umsg.instances import ChannelInstances
 from umsg.outbound import Outbox
 from umsg.queue import Queue
 from umsg.reports import DeliveryReports
@@ -52,10 +53,16 @@ class Core:
     router: RouterService = field(init=False)
     outbox: Outbox = field(init=False)
     reports: DeliveryReports = field(init=False)
+    # The configured channel instances (name, type, identity kind), from the composition root.
+    channels: ChannelInstances = field(init=False)
 
     @classmethod
-    async def open(cls, settings: Settings, migrate: bool | None = None) -> Core:
-        """Connect to the store (migrating it when configured to) and build every component."""
+    async def open(cls, settings: Settings, migrate: bool | None = None, *,
+                   channels: ChannelInstances | None = None) -> Core:
+        """Connect to the store (migrating it when configured to) and build every component.
+
+        `channels` are the configured channel instances (`umsg.serve` collects them from the
+        adapters); without them the core knows only the adapter type names (umsg/instances.py)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.database_url
         engine = create_engine(url, schema=settings.database.schema_name, pool_size=settings.database.pool_size)
@@ -65,14 +72,16 @@ class Core:
         readers = read_session_factory(engine)
         blobs = BlobStore(settings.blob_dir, inline=functools.partial(read_blob_row, readers))
         converters = default_converters(settings.converters)
-        routes = RouteBook.from_settings(settings.routes, settings.project)
+        channels = channels if channels is not None else ChannelInstances()
+        routes = RouteBook.from_settings(settings.routes, settings.project, channels=channels)
         events = EventLog(sessions, readers)
         queue = Queue(sessions, events, settings.queue, readers=readers)
         ingest = Ingestor(sessions, readers, blobs, converters, routes, events, queue, settings.ingest)
         core = cls(settings, engine, sessions, readers, blobs, converters, routes, events, queue, ingest)
         core.router = RouterService(sessions, readers, events, engine, settings.router,
                                     schema=settings.database.schema_name)
-        core.outbox = Outbox(sessions, events, blobs=blobs)
+        core.outbox = Outbox(sessions, events, blobs=blobs, channels=channels)
+        core.channels = channels
         core.reports = DeliveryReports(sessions, events)
         if settings.instance_id:
             core.instance_id = settings.instance_id
@@ -104,6 +113,7 @@ class Core:
             events=self.events, outbox=self.outbox, reports=self.reports,
             jobs=ChannelJobs(self.sessions, self.readers),
             public_url=self.settings.http.public_url or "", default_project=self.settings.project,
+            channels=self.channels,
         )
 
     async def start(self) -> None:

@@ -3,11 +3,11 @@
 A `Dispatcher` claims due `deliver` jobs under a lease (`FOR UPDATE SKIP
 LOCKED` on PostgreSQL, a single UPDATE under SQLite's write lock; see
 umsg/dispatch_claim.py), so several processes can dispatch from one store. It loads
-the batch's messages in one read (umsg/dispatch_load.py), hands each to the adapter
-for its channel and records the `DeliveryResult` (umsg/dispatch_record.py):
-sent/delivered, retried later with exponential backoff, or failed with the peer's
-words. A job whose dispatcher died mid-send is recovered when its lease runs out.
-One bad job never stops the loop.
+the batch's messages in one read (umsg/dispatch_load.py), hands each to the adapter of
+the channel instance it names (exactly: the instance name is the channel) and records the
+`DeliveryResult` (umsg/dispatch_record.py): sent/delivered, retried later with exponential
+backoff, or failed with the peer's words. A job whose dispatcher died mid-send is recovered
+when its lease runs out. One bad job never stops the loop.
 """
 
 from __future__ import annotations
@@ -74,19 +74,10 @@ class Dispatcher:
         self._sweep_seconds = sweep_seconds
         self._clock = clock
         self._blobs = blobs
-        self._adapters = self._index(adapters)
+        # By configured instance name, the name messages carry: a message goes to exactly the
+        # instance it names, never to another instance of the same type.
+        self._adapters = dict(adapters)
         self._recorder = ResultRecorder(sessions, events, owner)
-
-    @staticmethod
-    def _index(adapters: Mapping[str, OutboundAdapter]) -> dict[str, OutboundAdapter]:
-        """Adapters by configured instance name, then by the channel name they stamp, then by type."""
-        index = dict(adapters)
-        for attr in ("channel", "name"):
-            for adapter in adapters.values():
-                value = getattr(adapter, attr, None)
-                if isinstance(value, str):
-                    index.setdefault(value, adapter)
-        return index
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -169,9 +160,10 @@ class Dispatcher:
             outbound = await attach(loaded, self._blobs)
             adapter = self._adapters.get(outbound.channel)
             if adapter is None:
+                running = ", ".join(sorted(self._adapters)) or "none"
                 return DeliveryResult(
                     DeliveryStatus.PERMANENT_FAILURE,
-                    detail=f"no channel adapter configured for {outbound.channel!r}",
+                    detail=f"no channel instance named {outbound.channel!r} is running (running: {running})",
                 )
             async with asyncio.timeout(self._send_timeout):
                 return await adapter.send(outbound)

@@ -10,6 +10,10 @@ the outgoing message; `attach_part_ids` reuses parts already stored (a voicemail
 fax's PDF) without copying them. `notify` is the same path for automatic mail to a
 mailbox owner (voicemail-to-email, fax-to-email): the message lives in the conversation it
 reports on, flagged `notification`, and is never mistaken for an answer to the customer.
+
+A channel is a configured instance (`[channels.support]`); which identity of the contact a
+reply on it goes to (when no `to` is given) is the kind its adapter declares, handed over as
+`ChannelInstances` (umsg/instances.py).
 """
 
 from __future__ import annotations
@@ -31,24 +35,16 @@ from storage.types import utcnow
 from umsg.dispatch import Dispatcher, OutboundAdapter
 from umsg.errors import NotFound, PermanentError
 from umsg.events import EventLog
+from umsg.instances import ChannelInstances
 from umsg.model import IdentityKind, OutboundPart
 
-__all__ = ["IDENTITY_FOR_CHANNEL", "Dispatcher", "OutboundAdapter", "Outbox", "StoredAttachment", "add_reply"]
+__all__ = ["Dispatcher", "OutboundAdapter", "Outbox", "StoredAttachment", "add_reply"]
 
 _MESSAGE = cast(Table, Message.__table__)
 _CONVERSATION = cast(Table, Conversation.__table__)
 _PART = cast(Table, Part.__table__)
 _JOB = cast(Table, Job.__table__)
 _EVENT = cast(Table, Event.__table__)
-
-# Which identity of the contact a reply on a channel goes to when no `to` is given.
-IDENTITY_FOR_CHANNEL: dict[str, IdentityKind] = {
-    "email": IdentityKind.EMAIL,
-    "sms": IdentityKind.PHONE,
-    "fax": IdentityKind.FAX,
-    "webchat": IdentityKind.CHAT,
-}
-
 
 @dataclass(frozen=True)
 class StoredAttachment:
@@ -70,11 +66,13 @@ class Outbox:
         *,
         blobs: BlobStore | None = None,
         clock: Callable[[], datetime] = utcnow,
+        channels: ChannelInstances | None = None,
     ) -> None:
         self._sessions = sessions
         self._events = events
         self._blobs = blobs
         self._clock = clock
+        self.channels = channels if channels is not None else ChannelInstances()
 
     async def _store(self, attachments: Sequence[OutboundPart]) -> list[StoredAttachment]:
         if not attachments:
@@ -90,7 +88,7 @@ class Outbox:
         *,
         project_id: int,
         conversation_id: int,
-        channel: str,
+        channel: str | None,
         to: str,
         text: str,
         subject: str | None = None,
@@ -99,7 +97,13 @@ class Outbox:
         attach_part_ids: Sequence[int] = (),
         sender: str | None = None,
     ) -> Message:
-        """Queue automatic mail to a person of ours (a mailbox owner) about a conversation."""
+        """Queue automatic mail to a person of ours (a mailbox owner) about a conversation.
+
+        `channel` None: the one configured instance that answers on email addresses
+        (PermanentError when there are none or several).
+        """
+        if channel is None:
+            channel = self.channels.one_answering(IdentityKind.EMAIL, "the notification's channel")
         return await self.reply(
             project_id=project_id, conversation_id=conversation_id, text=text, channel=channel, to=to,
             subject=subject, html=html, automatic=True, attachments=attachments,
@@ -145,7 +149,7 @@ class Outbox:
                 s, project_id=project_id, conversation_id=conv.id, contact_id=conv.contact_id,
                 conv_channel=conv.channel, conv_subject=conv.subject, last_in=last_in, text=text, now=now,
                 agent_id=agent_id, channel=channel, to=to, subject=subject, html=html, automatic=automatic,
-                attachments=stored, sender=sender, flags=flags)
+                attachments=stored, sender=sender, flags=flags, channels=self.channels)
             msg_id = int((await s.execute(_INSERT_MESSAGE, values)).scalar_one())
             if stored:
                 await s.execute(insert(_PART), [_part_values(project_id, msg_id, a, now) for a in stored])
@@ -163,7 +167,8 @@ class Outbox:
                         **options: Any) -> Message:
         """`reply` inside the caller's transaction (see `add_reply`); the caller commits and notifies."""
         options.setdefault("now", self._clock())
-        return await add_reply(session, self._events, conversation=conversation, text=text, **options)
+        return await add_reply(session, self._events, conversation=conversation, text=text,
+                               channels=self.channels, **options)
 
 
 async def add_reply(
@@ -173,6 +178,7 @@ async def add_reply(
     conversation: Conversation,
     text: str,
     now: datetime,
+    channels: ChannelInstances,
     agent_id: int | None = None,
     channel: str | None = None,
     to: str | None = None,
@@ -196,7 +202,7 @@ async def add_reply(
         s, project_id=project_id, conversation_id=conv.id, contact_id=conv.contact_id, conv_channel=conv.channel,
         conv_subject=conv.subject, last_in=(last.from_addr, last.to_addrs) if last is not None else None,
         text=text, now=now, agent_id=agent_id, channel=channel, to=to, subject=subject, html=html,
-        automatic=automatic, attachments=attachments, sender=sender, flags=flags)
+        automatic=automatic, attachments=attachments, sender=sender, flags=flags, channels=channels)
     msg = Message(**values)
     s.add(msg)
     await s.flush()
@@ -228,6 +234,7 @@ async def _message_values(
     flags: dict[str, Any] | None,
     attachments: Sequence[StoredAttachment],
     sender: str | None,
+    channels: ChannelInstances,
 ) -> dict[str, Any]:
     """The outgoing message's columns; refuses (PermanentError) an empty or undeliverable reply.
 
@@ -237,11 +244,13 @@ async def _message_values(
     if not (text and text.strip()) and not html and not attachments:
         raise PermanentError("a reply needs text or an attachment")
     channel = channel or conv_channel
+    kind = channels.kind(channel)
     wrote_from, wrote_to = last_in if last_in is not None else ("", [])
-    recipient = to.strip() if to else await _default_recipient(s, project_id, contact_id, channel, wrote_from)
-    if to or IDENTITY_FOR_CHANNEL.get(channel) is None:
+    recipient = to.strip() if to else await _default_recipient(s, project_id, contact_id, channel, kind,
+                                                                wrote_from)
+    if to or kind is None:
         await _refuse_opted_out(s, project_id, recipient)  # the default choice checked it already
-    if subject is None and channel == "email" and conv_subject:
+    if subject is None and kind == IdentityKind.EMAIL and conv_subject:
         subject = conv_subject if conv_subject.lower().startswith("re:") else f"Re: {conv_subject}"
     return {
         "project_id": project_id,
@@ -337,9 +346,9 @@ _TOUCH_CONVERSATION = (update(_CONVERSATION).where(_CONVERSATION.c.id == bindpar
                        .values(last_message_at=bindparam("at")))
 
 
-async def _default_recipient(s: AsyncSession, project_id: int, contact_id: int, channel: str, wrote_from: str) -> str:
-    """The contact's address for `channel`; PermanentError when it has none or it opted out."""
-    kind = IDENTITY_FOR_CHANNEL.get(channel)
+async def _default_recipient(s: AsyncSession, project_id: int, contact_id: int, channel: str,
+                             kind: IdentityKind | None, wrote_from: str) -> str:
+    """The contact's `kind` address for `channel`; PermanentError when it has none or it opted out."""
     if kind is None:
         # A channel without a fixed identity kind (an API channel): answer whoever wrote last.
         if wrote_from:

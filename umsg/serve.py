@@ -1,7 +1,9 @@
 """Run the gateway as a service: store, pipeline, channel adapters, background work, web app.
 
 `run_service` owns one process's lifecycle. It opens the core (migrating an
-empty store on first run), starts every enabled channel adapter with the
+empty store on first run) with the configured channel instances and the identity
+kind each answers on, moves stored rows named after an adapter type onto that
+type's one instance (umsg/channel_rename.py), starts every enabled channel adapter with the
 ingest pipeline as its sink, keeps the background loops (queue lease sweeper,
 outbound dispatcher) alive under a supervisor that restarts a crashed loop,
 serves the web app, and on SIGTERM/SIGINT (or when `stop` is set) shuts down
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from channels.base import ChannelAdapter
 from channels.registry import ChannelRegistry
+from umsg.channel_rename import adopt_legacy_names, legacy_renames, unconfigured_deliveries
 from umsg.config import Settings
 from umsg.core import Core
 from umsg.outbound import Dispatcher
@@ -184,8 +187,23 @@ async def _bounded(what: str, aw: Awaitable[Any]) -> None:
         log.exception("shutdown step failed", extra={"kv": {"step": what}})
 
 
-async def _start_adapters(core: Core, settings: Settings) -> dict[str, ChannelAdapter[Any]]:
-    registry = ChannelRegistry()
+async def adopt_channel_names(core: Core, registry: ChannelRegistry, settings: Settings) -> None:
+    """Before anything starts: stored rows named after an adapter type (`email`) move to that
+    type's one configured instance (umsg/channel_rename.py), and queued deliveries on a name
+    no instance has are reported."""
+    plan = legacy_renames(registry.legacy_claims(settings.channels), settings.channels.keys())
+    await adopt_legacy_names(core.sessions, plan)
+    stale = await unconfigured_deliveries(core.readers, settings.channels.keys())
+    for name, count in stale.items():
+        log.warning("queued deliveries name a channel that is not configured; they will fail until it is "
+                    "(rename the instance, or move them: umsg channels rename OLD NEW)",
+                    extra={"kv": {"channel": name, "deliveries": count,
+                                  "configured": ",".join(sorted(settings.channels)) or "none"}})
+
+
+async def _start_adapters(core: Core, settings: Settings,
+                          registry: ChannelRegistry | None = None) -> dict[str, ChannelAdapter[Any]]:
+    registry = registry or ChannelRegistry()
     built: dict[str, ChannelAdapter[Any]] = {}
     for name, channel_settings in settings.channels.items():
         if not channel_settings.enabled:
@@ -245,10 +263,14 @@ async def run_service(
 
 async def _run(settings: Settings, stop: asyncio.Event, ready: Callable[[str], None] | None) -> None:
     log.info("starting", extra={"kv": dict(_flatten(settings.masked()))})
-    core = await Core.open(settings)
+    registry = ChannelRegistry()
+    # The core learns each instance's identity kind here; it never imports the adapters.
+    instances = registry.instances(settings.channels)
+    core = await Core.open(settings, channels=instances)
     try:
+        await adopt_channel_names(core, registry, settings)
         await core.start()
-        adapters = await _start_adapters(core, settings)
+        adapters = await _start_adapters(core, settings, registry)
         try:
             await _serve(core, adapters, stop, ready)
         finally:

@@ -4,19 +4,21 @@
 use it for durable channel state (`sessions` with `storage.models.ChannelState`), reading
 stored media (`blobs`), the route table (`routes`: which dialled number a channel answers),
 queueing automatic mail (`outbox.notify`), delivery reports (`reports`), leased jobs of
-its own (`jobs`: work that outlives `send`, shared by every gateway on the store) and links
-back to the inbox (`public_url`). It is the whole of what a channel may touch: channels never
-import the ingest pipeline, the router or the web app.
+its own (`jobs`: work that outlives `send`, shared by every gateway on the store), links back to
+the inbox (`public_url`) and the configured channel instances (`channels`). It is the whole
+of what a channel may touch: channels never import the ingest pipeline, the router or the
+web app.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from storage.blobs import BlobStore
 from storage.db import SessionFactory
 from umsg.channel_jobs import ChannelJobs
 from umsg.events import EventLog
+from umsg.instances import ChannelInstances
 from umsg.outbound import Outbox
 from umsg.reports import DeliveryReports
 from umsg.routing.book import RouteBook
@@ -37,6 +39,8 @@ class ChannelServices:
     public_url: str
     # The project messages go to when a channel does not name one.
     default_project: str
+    # Every configured channel instance (name, type, identity kind): which one answers on email.
+    channels: ChannelInstances = field(default_factory=ChannelInstances)
 
     def conversation_link(self, conversation_id: int) -> str:
         """A link to a conversation in the agents' inbox (relative when no public URL is set)."""

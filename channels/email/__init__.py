@@ -25,7 +25,8 @@ in `meta["charset_guessed"]`), raw always kept, automatic/bulk mail flagged
 
 Settings: `domain` (required), `addresses`, `listen`, `relay`, `imap`, limits
 (`max_message_bytes`, `max_sessions`, `max_recipients`), TLS/AUTH, IMAP timing,
-`channel` (name stamped on messages, default "email"), `project`.
+`project`. Messages carry the instance's name (`[channels.NAME]`) as their channel; a reply
+on it goes to the contact's email address, out through this instance's relay.
 
 Connection strings:
     email://0.0.0.0:2525?domain=acme.example&addresses=support@acme.example,@help.acme.example

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import Any, ClassVar
 
-from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
+from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits, Listener
 from channels.email.compose import compose, sender_address
 from channels.email.imap_poller import ImapPoller
 from channels.email.settings import EmailSettings, email_url_fields
@@ -16,7 +16,7 @@ from channels.email.smtp_server import Handler, Parser, start_server
 from channels.email.store import EmailStore
 from storage.db import SessionFactory
 from umsg.errors import PermanentError, TransientError
-from umsg.model import DeliveryResult, Inbound, IngestResult, Outbound
+from umsg.model import DeliveryResult, IdentityKind, Inbound, IngestResult, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
     limits: ClassVar[Limits] = Limits(max_message_bytes=25 * 1024 * 1024)
     Settings: ClassVar[type[EmailSettings]] = EmailSettings
     url_schemes: ClassVar[tuple[str, ...]] = ("email",)
+    identity_kind: ClassVar[IdentityKind | None] = IdentityKind.EMAIL
+    legacy_channel_name: ClassVar[str | None] = "email"
 
     def __init__(self, instance_name: str, settings: EmailSettings) -> None:
         super().__init__(instance_name, settings)
@@ -44,10 +46,16 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
     def url_fields(cls, url: str) -> dict[str, Any]:
         return email_url_fields(url)
 
-    @property
-    def channel(self) -> str:
-        """The channel name inbound messages carry (and replies are dispatched by)."""
-        return self.settings.channel or "email"
+    def listeners(self) -> list[Listener]:
+        s = self.settings
+        return [Listener("tcp", s.listen_host, s.listen_port)] if s.listen is not None else []
+
+    def claims(self) -> list[str]:
+        # Our Message-IDs and reply+TOKEN@ addresses are in the domain: mail to it threads back
+        # through whichever instance receives it, so two instances must not share one.
+        own = f"@{self.settings.domain}"
+        return [f"mail domain {self.settings.domain}",
+                *(f"mail address {a}" for a in self.settings.owned if a != own)]
 
     def bind_store(self, sessions: SessionFactory) -> None:
         """Give the adapter the store for IMAP checkpoints and delivery reports (before `start`)."""

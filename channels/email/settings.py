@@ -48,7 +48,6 @@ class EmailSettings(AdapterSettings):
     imap_batch: int = Field(default=50, ge=1)
     # After the commit, move the message to this folder (it must exist) instead of marking it \Seen.
     imap_move_to: str | None = Field(default=None, min_length=1)
-    channel: str | None = Field(default=None, min_length=1, max_length=32)
     project: str = "default"
 
     @field_validator("domain")

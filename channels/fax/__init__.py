@@ -29,7 +29,9 @@ Settings: `host`, `port`, `tcp`, `max_calls`, `public_address`, `default_region`
 (number → owner_email, project, ident, request_t38, t38, ringing, email_subject,
 email_template), `send` (trunk, username, password, ident, caller, t38, resolution, paper,
 cover_page, ring_seconds, retry_seconds, max_attempts, max_concurrent),
-`channel`, `project`, `notify_channel`, `ecm`, `hangup_after_seconds`, `max_call_seconds`.
+`project`, `notify_channel` (the email instance that mails owners; default: the one
+configured), `ecm`, `hangup_after_seconds`, `max_call_seconds`. Items carry the instance's
+name (`[channels.NAME]`) as their channel; a reply on it goes to the contact's fax number.
 
 Connection string: fax://0.0.0.0:5060?max_calls=30 (numbers in the TOML table).
 """

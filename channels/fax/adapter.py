@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import select
 
-from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
+from channels.base import Capabilities, ChannelAdapter, ChannelRef, InboundSink, Limits, Listener
 from channels.fax.compose import render_outbound
 from channels.fax.notify import DEFAULT_TEMPLATE, render
 from channels.fax.outgoing import OutgoingFaxes
@@ -78,6 +78,8 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
     limits: ClassVar[Limits] = Limits(max_attachment_bytes=20 * 1024 * 1024)
     Settings: ClassVar[type[FaxSettings]] = FaxSettings
     url_schemes: ClassVar[tuple[str, ...]] = ("fax",)
+    identity_kind: ClassVar[IdentityKind | None] = IdentityKind.FAX
+    legacy_channel_name: ClassVar[str | None] = "fax"
 
     def __init__(self, instance_name: str, settings: FaxSettings) -> None:
         super().__init__(instance_name, settings)
@@ -96,6 +98,16 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
     def port(self) -> int:
         assert self.server is not None
         return self.server.port
+
+    def listeners(self) -> list[Listener]:
+        s = self.settings
+        return [Listener("udp", s.host, s.port), *([Listener("tcp", s.host, s.port)] if s.tcp else [])]
+
+    def channel_refs(self) -> list[ChannelRef]:
+        s = self.settings
+        if s.notify_channel is not None or any(n.owner_email for n in s.numbers.values()):
+            return [ChannelRef("notify_channel", s.notify_channel, kind=IdentityKind.EMAIL)]
+        return []
 
     def number_for(self, dialled: str) -> str | None:
         numbers = self.settings.numbers
@@ -125,7 +137,7 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
             caller = s.send.caller or "".join(ch for ch in s.send.ident if ch.isdigit() or ch == "+") or "umsg"
             self.client = SipClient(self.server, ClientConfig(from_user=caller, credentials=creds,
                                                               ring_seconds=s.send.ring_seconds))
-            self.outgoing = OutgoingFaxes(self.instance_name, s.channel, self._services, s.send, self._dial)
+            self.outgoing = OutgoingFaxes(self.instance_name, self.channel, self._services, s.send, self._dial)
             resumed = await self.outgoing.resume()
             if resumed:
                 log.info("fax channel %s resumed %d unfinished send job(s)", self.instance_name, resumed)
@@ -161,7 +173,7 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
             text = f"Failed fax from {call.caller}{station} to {call.dialled}: {out.reason}"
             parts, raw, raw_type = (), call.invite.to_bytes(), "message/sip"
         sender = _sender(call, out.remote_id, self.settings.default_region)
-        return Inbound(channel=self.settings.channel, sender=sender,
+        return Inbound(channel=self.channel, sender=sender,
                        recipients=(call.dialled,), dedupe_key=f"sip:{call.call_id}", raw=raw,
                        raw_media_type=raw_type, subject=text, text=text, parts=parts, provider_id=call.call_id,
                        sent_at=reception.started_at, project=self._project(box), meta=meta)

@@ -76,9 +76,10 @@ class FaxSettings(AdapterSettings):
     default_region: str | None = None
     numbers: dict[str, FaxNumberSettings] = Field(default_factory=dict)
     send: FaxSendSettings | None = None  # None: this instance only receives
-    channel: str = "fax"
     project: str | None = None
-    notify_channel: str = "email"
+    # The instance (of type email) that mails owners their faxes; None: the one configured
+    # email instance.
+    notify_channel: str | None = None
     ecm: bool = True
     # A fax call ends on T.30 phase E; then the caller has this long to hang up before we do.
     hangup_after_seconds: float = Field(10.0, gt=0)

@@ -25,6 +25,8 @@ fetch stores the text with the reason under `media_errors` in the message's flag
 
 Both: senders normalised to E.164 (`default_region` for national numbers); opt-out
 keywords (STOP, 退订 ... configurable) mark the number opted out, opt-in ones undo it.
+Messages carry the instance's name (`[channels.NAME]`) as their channel; a reply on it goes
+to the contact's phone number through this instance.
 
 Connection strings:
     smpp://system_id:password@smsc.example:2775?connections=2&window=10&rate_limit=50

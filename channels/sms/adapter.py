@@ -19,7 +19,7 @@ from channels.sms.receipts import id_forms
 from channels.sms.settings import SmppSettings
 from channels.sms.text import encode_text
 from umsg.errors import PermanentError, TransientError
-from umsg.model import DeliveryResult, DeliveryStatus, Outbound
+from umsg.model import DeliveryResult, DeliveryStatus, IdentityKind, Outbound
 from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class SmsChannel(ChannelAdapter[SmppSettings]):
     limits: ClassVar[Limits] = Limits(max_text_chars=153 * 10, max_segments=10)
     Settings: ClassVar[type[SmppSettings]] = SmppSettings
     url_schemes: ClassVar[tuple[str, ...]] = ("smpp",)
+    identity_kind: ClassVar[IdentityKind | None] = IdentityKind.PHONE
+    legacy_channel_name: ClassVar[str | None] = "sms"
 
     def __init__(self, instance_name: str, settings: SmppSettings) -> None:
         super().__init__(instance_name, settings)
@@ -40,10 +42,6 @@ class SmsChannel(ChannelAdapter[SmppSettings]):
         self.pool: SmppPool | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-
-    @property
-    def channel(self) -> str:
-        return self.settings.channel or "sms"
 
     def bind(self, services: ChannelServices) -> None:
         self.services = services

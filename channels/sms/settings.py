@@ -28,7 +28,6 @@ def _listify(value: Any) -> Any:
 class SmsCommon(AdapterSettings):
     """What both SMS transports share: identity handling, opt-out, where messages go."""
 
-    channel: str | None = None  # name stamped on messages; default "sms"
     project: str = "default"
     default_region: str | None = None  # for national numbers, e.g. "GB"
     opt_out_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT))

@@ -25,7 +25,7 @@ from channels.sms.settings import TwilioSettings
 from channels.sms.twilio_media import fetch_media
 from channels.sms.twilio_sig import is_valid
 from umsg.errors import ConfigError, PermanentError, TransientError
-from umsg.model import DeliveryResult, DeliveryStatus, Outbound
+from umsg.model import DeliveryResult, DeliveryStatus, IdentityKind, Outbound
 from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class TwilioChannel(ChannelAdapter[TwilioSettings]):
     limits: ClassVar[Limits] = Limits(max_text_chars=1600, max_segments=10)
     Settings: ClassVar[type[TwilioSettings]] = TwilioSettings
     url_schemes: ClassVar[tuple[str, ...]] = ("twilio",)
+    identity_kind: ClassVar[IdentityKind | None] = IdentityKind.PHONE
+    legacy_channel_name: ClassVar[str | None] = "sms"
 
     def __init__(self, instance_name: str, settings: TwilioSettings) -> None:
         super().__init__(instance_name, settings)
@@ -63,10 +65,6 @@ class TwilioChannel(ChannelAdapter[TwilioSettings]):
         if parts.hostname:
             out.setdefault("base_url", f"https://{parts.netloc.rsplit('@', 1)[-1]}")
         return out
-
-    @property
-    def channel(self) -> str:
-        return self.settings.channel or "sms"
 
     def bind(self, services: ChannelServices) -> None:
         self.services = services

@@ -11,7 +11,9 @@ SIP: UDP and TCP on `host:port`, see channels/telephony/uas.py for what is answe
 
 Settings: `host`, `port`, `tcp`, `max_calls`, `public_address`, `default_region`,
 `mailboxes` (number → greeting, owner_email, max/min/silence seconds, beep, project,
-email_subject, email_template), `channel`, `project`, `notify_channel`, `silence_threshold`.
+email_subject, email_template), `project`, `notify_channel` (the email instance that mails
+owners; default: the one configured), `fax_channel` (the fax instance fax machines are handed
+to), `silence_threshold`. Items carry the instance's name (`[channels.NAME]`) as their channel.
 
 Connection string: voicemail://0.0.0.0:5060?max_calls=20 (mailboxes in the TOML table).
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from sqlalchemy import select
 
-from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
+from channels.base import Capabilities, ChannelAdapter, ChannelRef, InboundSink, Limits, Listener
 from channels.telephony.call import Call, CallApp
 from channels.telephony.uas import AppLookup, ServerConfig, SipServer
 from channels.voicemail.audio import load_greeting, to_wav
@@ -48,6 +48,10 @@ class VoicemailChannel(ChannelAdapter[VoicemailSettings]):
     limits: ClassVar[Limits] = Limits()
     Settings: ClassVar[type[VoicemailSettings]] = VoicemailSettings
     url_schemes: ClassVar[tuple[str, ...]] = ("voicemail", "sip")
+    # Callers are known by their number; the channel itself cannot send (`send`), so an agent
+    # answers on an SMS or email instance, picked in the reply.
+    identity_kind: ClassVar[IdentityKind | None] = IdentityKind.PHONE
+    legacy_channel_name: ClassVar[str | None] = "voicemail"
 
     def __init__(self, instance_name: str, settings: VoicemailSettings) -> None:
         super().__init__(instance_name, settings)
@@ -87,6 +91,18 @@ class VoicemailChannel(ChannelAdapter[VoicemailSettings]):
     def port(self) -> int:
         assert self.server is not None
         return self.server.port
+
+    def listeners(self) -> list[Listener]:
+        s = self.settings
+        return [Listener("udp", s.host, s.port), *([Listener("tcp", s.host, s.port)] if s.tcp else [])]
+
+    def channel_refs(self) -> list[ChannelRef]:
+        s, refs = self.settings, []
+        if s.fax_channel is not None:
+            refs.append(ChannelRef("fax_channel", s.fax_channel, type="fax"))
+        if s.notify_channel is not None or any(b.owner_email for b in s.mailboxes.values()):
+            refs.append(ChannelRef("notify_channel", s.notify_channel, kind=IdentityKind.EMAIL))
+        return refs
 
     def mailbox_for(self, dialled: str) -> str | None:
         boxes = self.settings.mailboxes
@@ -128,7 +144,7 @@ class VoicemailChannel(ChannelAdapter[VoicemailSettings]):
         else:
             text = f"Voicemail from {who} to {call.dialled}, {rec.seconds:.1f} s"
             parts = (InboundPart("audio/wav", to_wav(rec.pcm), "voicemail.wav", role="recording"),)
-        return Inbound(channel=self.settings.channel, sender=Address(IdentityKind.PHONE, call.caller, call.caller_name),
+        return Inbound(channel=self.channel, sender=Address(IdentityKind.PHONE, call.caller, call.caller_name),
                        recipients=(call.dialled,), dedupe_key=f"sip:{call.call_id}", raw=call.invite.to_bytes(),
                        raw_media_type="message/sip", subject=text, text=text, parts=parts,
                        provider_id=call.call_id, sent_at=rec.started_at, project=self._project(box), meta=meta)

@@ -34,9 +34,10 @@ class VoicemailSettings(AdapterSettings):
     public_address: str | None = None
     default_region: str | None = None  # for national caller numbers, e.g. "DE"
     mailboxes: dict[str, MailboxSettings] = Field(default_factory=dict)
-    channel: str = "voicemail"
     project: str | None = None
-    notify_channel: str = "email"
+    # The instance (of type email) that mails owners their voicemails; None: the one
+    # configured email instance.
+    notify_channel: str | None = None
     # The fax channel instance a fax machine (CNG tone heard) is handed to; None: no hand-over.
     fax_channel: str | None = None
     # Samples above this amplitude count as sound (silence detection and trimming).

@@ -24,10 +24,11 @@ comment; kept in ChannelState `rating:<conversation id>` and announced as a
 `conversation.updated` event with `changes.rating`).
 
 Settings: `secret` (signs visitor tokens; required), `allowed_origins`, `project`,
-`channel` (default: the instance name; name the instance "webchat" so replies find the chat
-identity), `max_text_chars`, `max_upload_bytes`, `upload_types`, `hours` (tz + weekday
+`max_text_chars`, `max_upload_bytes`, `upload_types`, `hours` (tz + weekday
 hours + holidays), `offline_when_no_agent`, `prechat_form`, `transcript`, `rating`,
-`email_channel`, `title`, `history_limit`.
+`email_channel` (default: the one configured email instance), `title`, `history_limit`.
+Messages carry the instance's name (`[channels.NAME]`, any name) as their channel; the
+adapter answers on chat visitor ids, so a reply on it goes to the visitor's chat.
 
 Connection string: `webchat://?secret=...&project=default` (query keys name settings).
 """

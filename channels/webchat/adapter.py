@@ -11,15 +11,15 @@ from typing import ClassVar
 
 from aiohttp import web
 
-from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
+from channels.base import Capabilities, ChannelAdapter, ChannelRef, InboundSink, Limits
 from channels.webchat.files import download, preflight, upload
 from channels.webchat.notices import NoticeFollower
 from channels.webchat.runtime import ChatRuntime
 from channels.webchat.session import chat_socket
 from channels.webchat.settings import WebchatSettings
 from channels.webchat.store import ChatStore
-from umsg.errors import PermanentError, TransientError
-from umsg.model import DeliveryResult, DeliveryStatus, Outbound
+from umsg.errors import ConfigError, PermanentError, TransientError
+from umsg.model import DeliveryResult, DeliveryStatus, IdentityKind, Outbound
 from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
     limits: ClassVar[Limits] = Limits(max_text_chars=4000, max_attachments=1,
                                       max_attachment_bytes=25 * 1024 * 1024)
     Settings: ClassVar[type[WebchatSettings]] = WebchatSettings
+    identity_kind: ClassVar[IdentityKind | None] = IdentityKind.CHAT
 
     def __init__(self, instance_name: str, settings: WebchatSettings) -> None:
         super().__init__(instance_name, settings)
@@ -46,20 +47,33 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
         self._follower: asyncio.Task[None] | None = None
 
     @property
-    def channel(self) -> str:
-        return self.settings.channel or self.instance_name
-
-    @property
     def runtime(self) -> ChatRuntime:
         if self._rt is None:
             raise TransientError(f"web chat {self.instance_name!r} is not bound to the core yet")
         return self._rt
 
+    def channel_refs(self) -> list[ChannelRef]:
+        # Without an email instance, offline follow-ups stay on the chat: not a problem.
+        return [ChannelRef("email_channel", self.settings.email_channel, kind=IdentityKind.EMAIL, required=False)]
+
+    def _email_channel(self, services: ChannelServices) -> str:
+        """Where offline follow-ups and transcripts go: `email_channel`, else the one email
+        instance; with none configured the conversation stays on this chat."""
+        if self.settings.email_channel is not None:
+            return self.settings.email_channel
+        found = services.channels.answering(IdentityKind.EMAIL) if services.channels else ["email"]
+        if len(found) > 1:
+            raise ConfigError([(f"channels.{self.instance_name}.email_channel",
+                                f"several email channels are configured ({', '.join(found)}): name one")])
+        return found[0] if found else self.channel
+
     def bind(self, services: ChannelServices) -> None:
+        email_channel = self._email_channel(services)
         store = ChatStore(services, channel=self.channel, project=self.settings.project,
-                          instance=self.instance_name, email_channel=self.settings.email_channel)
+                          instance=self.instance_name, email_channel=email_channel)
         self._rt = ChatRuntime(settings=self.settings, scope=self.instance_name, channel=self.channel,
-                               store=store, outbox=services.outbox, blobs=services.blobs, events=services.events)
+                               email_channel=email_channel, store=store, outbox=services.outbox,
+                               blobs=services.blobs, events=services.events)
 
     def web_routes(self) -> Sequence[web.RouteDef]:
         def rt() -> ChatRuntime:

@@ -25,7 +25,8 @@ from umsg.outbound import Outbox
 class ChatRuntime:
     settings: WebchatSettings
     scope: str  # the channel instance name: signs tokens, names thread keys
-    channel: str  # the channel name messages carry
+    channel: str  # the channel messages carry: the instance name
+    email_channel: str  # the instance offline follow-ups and transcripts go out on
     store: ChatStore
     outbox: Outbox
     blobs: BlobStore

@@ -18,8 +18,6 @@ class WebchatSettings(AdapterSettings):
     # The server's own origin is always allowed.
     allowed_origins: list[str] = Field(default_factory=list)
     project: str = "default"
-    # Name stamped on messages (replies are dispatched to the instance of that name); default: instance.
-    channel: str | None = Field(default=None, min_length=1, max_length=32)
     max_text_chars: int = Field(default=4000, ge=1, le=100_000)
     max_upload_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
     # Media types a visitor may upload; a trailing "/*" matches a whole family.
@@ -33,8 +31,9 @@ class WebchatSettings(AdapterSettings):
     prechat_form: bool = True
     transcript: bool = True
     rating: bool = True
-    # The email channel (instance name) that carries offline messages' follow-ups and transcripts.
-    email_channel: str = "email"
+    # The email instance that carries offline messages' follow-ups and transcripts; None: the
+    # one configured email instance (several: name one; none: the conversation stays on the chat).
+    email_channel: str | None = Field(default=None, min_length=1, max_length=32)
     title: str = Field(default="Chat with us", max_length=100)
     # How many earlier messages a (re)connecting visitor gets back.
     history_limit: int = Field(default=200, ge=0, le=2000)

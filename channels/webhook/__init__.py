@@ -15,8 +15,8 @@ it). 2xx accepts (the JSON `id` of the answer becomes the provider id);
 429, 5xx, timeouts and connection errors are retried; other 4xx fail.
 
 Settings: `callback_url`, `secret`, `timeout_seconds` (default 10),
-`channel` (name stamped on inbound messages; default the instance name),
-`project` (default "default").
+`project` (default "default"). Inbound messages carry the instance's name
+(`[channels.NAME]`) as their channel; a reply on it goes to whoever wrote last.
 
 Connection string: `webhook+https://hooks.example.com/umsg?secret=S&timeout_seconds=5`
 (`webhook://` means plain http; a bare `https://...` URL works too).

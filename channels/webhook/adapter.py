@@ -42,6 +42,7 @@ class WebhookChannel(ChannelAdapter[WebhookSettings]):
     capabilities: ClassVar[Capabilities] = Capabilities(html=True, subject=True, threading=True)
     limits: ClassVar[Limits] = Limits(max_message_bytes=1024 * 1024)
     Settings: ClassVar[type[WebhookSettings]] = WebhookSettings
+    # No fixed identity kind (the default): a reply goes to whoever wrote last.
 
     def __init__(self, instance_name: str, settings: WebhookSettings) -> None:
         super().__init__(instance_name, settings)
@@ -51,11 +52,6 @@ class WebhookChannel(ChannelAdapter[WebhookSettings]):
     @classmethod
     def url_fields(cls, url: str) -> dict[str, Any]:
         return webhook_url_fields(url)
-
-    @property
-    def channel(self) -> str:
-        """The channel name inbound messages carry (and replies are dispatched by)."""
-        return self.settings.channel or self.instance_name
 
     async def start(self, sink: InboundSink) -> None:
         # Nothing listens here: the core's REST API receives and calls `receive`.

@@ -25,9 +25,6 @@ class WebhookSettings(AdapterSettings):
     callback_url: str
     secret: SecretStr = Field(min_length=1)
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-    # Channel name stamped on inbound messages (and so on their conversations); replies
-    # are dispatched to the adapter configured under this name. Default: the instance name.
-    channel: str | None = Field(default=None, min_length=1, max_length=32)
     project: str = "default"
 
     @field_validator("callback_url")

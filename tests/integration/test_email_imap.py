@@ -183,7 +183,7 @@ async def test_a_new_uidvalidity_rescans_instead_of_missing_mail(core: Any, dove
     # A checkpoint from before the mailbox was recreated: its UIDs mean nothing now.
     key = Mailbox.from_url(dovecot.url()).key
     async with core.sessions() as s:
-        s.add(ChannelState(channel="email", key=key, value={"uidvalidity": 1, "last_uid": 99, "set_aside": []}))
+        s.add(ChannelState(channel="mailbox", key=key, value={"uidvalidity": 1, "last_uid": 99, "set_aside": []}))
         await s.commit()
     for n in range(2):
         dovecot.deliver(mail(n))

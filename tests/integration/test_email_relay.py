@@ -24,6 +24,8 @@ from channels.email import EmailChannel, EmailSettings
 from channels.email.autoreply import may_answer_automatically
 from channels.email.parse import to_inbound
 from storage.models import Identity, Message
+from umsg.instances import ChannelInstances, Instance
+from umsg.model import IdentityKind
 from umsg.outbound import Dispatcher, Outbox
 
 # Locally a missing package skips; in CI (CI set) the test runs and fails loudly instead.
@@ -37,7 +39,9 @@ class Rig:
     def __init__(self, core: Any, channel: EmailChannel, postfix: Postfix) -> None:
         self.core, self.channel, self.postfix = core, channel, postfix
         self.pid = 0
-        self.outbox = Outbox(core.sessions, core.events)
+        # The core knows the configured instance "mail" answers on email addresses.
+        self.outbox = Outbox(core.sessions, core.events,
+                             channels=ChannelInstances([Instance("mail", "email", IdentityKind.EMAIL)]))
         self.dispatcher = Dispatcher(core.sessions, core.events, {"mail": channel}, "test-dispatcher",
                                      send_timeout=60, lease_seconds=120)
 
@@ -176,7 +180,7 @@ async def test_transient_and_permanent_relay_refusals(rig: Rig) -> None:
 async def test_a_bounce_marks_the_message_failed_and_the_address_failing(rig: Rig) -> None:
     # The customer wrote from a domain whose mail now bounces (Postfix accepts, then returns a DSN).
     hello = customer_mail("gone@bouncing.test", "question", "hello", "<g1@bouncing.test>")
-    await rig.core.ingest.ingest(to_inbound(hello.as_bytes(), channel="email", own_domain=DOMAIN))
+    await rig.core.ingest.ingest(to_inbound(hello.as_bytes(), channel="mail", own_domain=DOMAIN))
     question = await rig.wait_message(from_addr="gone@bouncing.test")
     sent = await rig.reply(question.conversation_id, "our answer")
     assert sent.status == "sent", sent.status_detail

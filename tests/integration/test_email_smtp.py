@@ -63,7 +63,7 @@ async def test_every_corpus_message_is_stored_or_refused_with_a_reason(
     assert accepted + len(refused) == 113
     assert refused == []  # with an envelope sender every corpus message can be stored
     async with core.readers() as s:
-        stored = await s.scalar(select(func.count()).select_from(Message).where(Message.channel == "email"))
+        stored = await s.scalar(select(func.count()).select_from(Message).where(Message.channel == "mail"))
     # byte-identical (or relay-header-only) copies in the corpus are one message
     assert stored == 113 - channel.handler.stats["duplicates"]  # type: ignore[union-attr]
     assert channel.handler.stats["failed"] == 0  # type: ignore[union-attr]

@@ -287,7 +287,8 @@ async def test_no_adapter_for_the_channel_is_a_permanent_failure(core: Core, pid
     )
     assert await Dispatcher(core.sessions, core.events, {}, "d").run_once() == 1
     failed = await message(core, msg.id)
-    assert (failed.status, failed.status_detail) == ("failed", "no channel adapter configured for 'email'")
+    assert (failed.status, failed.status_detail) == (
+        "failed", "no channel instance named 'email' is running (running: none)")
 
 
 async def test_adapter_exceptions_are_classified_and_never_stop_the_loop(core: Core, pid: int) -> None:

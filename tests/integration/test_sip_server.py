@@ -196,7 +196,7 @@ async def test_session_refresh_keeps_media_and_recording(
     assert await call.play(tone(1.0))
     await call.hangup()  # the 200 to our BYE comes after the voicemail was committed
     async with core.readers() as s:
-        (msg,) = list(await s.scalars(select(Message).where(Message.channel == "voicemail")))
+        (msg,) = list(await s.scalars(select(Message).where(Message.channel == "vm")))
     meta = msg.flags.get("meta", msg.flags)
     assert "Voicemail from" in (msg.text or "")
     assert abs(meta["duration_seconds"] - 2.0) <= 0.1, meta

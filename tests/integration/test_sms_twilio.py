@@ -158,7 +158,7 @@ async def test_a_number_joins_the_contact_that_has_it_from_another_channel(core:
         dedupe_key="vm-1", raw=b"RIFF", text="voicemail transcript"))
     await post(f"{base}/inbound", inbound_params("SM30", "texting you now", sender="+14155550100"))
     async with core.readers() as s:
-        sms = await s.scalar(select(Message).where(Message.channel == "sms"))
+        sms = await s.scalar(select(Message).where(Message.channel == "tw"))
     assert sms is not None and sms.contact_id == voicemail.contact_id
 
 

@@ -216,7 +216,7 @@ def test_default_url_parsing_problems(url: str, reason: str) -> None:
     [
         ("webhook+https://h.example/p?secret=s&x=1", "https://h.example/p?x=1", {}),
         ("webhooks://h.example/p?secret=s", "https://h.example/p", {}),
-        ("webhook://h.example:8080/p?secret=s&channel=app", "http://h.example:8080/p", {"channel": "app"}),
+        ("webhook://h.example:8080/p?secret=s&project=shop", "http://h.example:8080/p", {"project": "shop"}),
         ("https://u:pw@h.example/p?secret=s", "https://u:pw@h.example/p", {}),
     ],
 )

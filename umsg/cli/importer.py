@@ -4,8 +4,8 @@ Messages go through the email channel's parser and the same ingest pipeline
 as live mail, so importing twice stores nothing new. A progress bar goes to
 stderr; `--json` prints one summary object last on stdout:
 `{"total", "ingested", "duplicates", "rejected": [{"path", "reason"}]}`.
-The channel name and mail domain come from the configured email channel
-(`--channel NAME` picks one when there are several).
+Messages carry the configured email instance's name as their channel, and its mail
+domain tells our own mail apart (`--channel NAME` picks the instance when there are several).
 """
 
 from __future__ import annotations
@@ -48,21 +48,29 @@ class _Progress:
 
 
 def _email_channel(settings: Any, name: str | None) -> tuple[str, str | None]:
-    """(channel name stamped on messages, our mail domain) from the configuration."""
+    """(channel instance stamped on messages, our mail domain) from the configuration.
+
+    Without any email instance configured the messages carry the type's name, `email`.
+    """
     configured = {n: c for n, c in settings.channels.items() if c.type == "email"}
     if name is not None and name not in configured:
-        raise ConfigError([("channel", f"no email channel named {name!r} is configured")])
+        known = ", ".join(sorted(configured)) or "none"
+        raise ConfigError([("channel", f"no email channel named {name!r} is configured (email channels: {known})")])
+    if name is None and len(configured) > 1:
+        raise ConfigError([("channel", f"several email channels are configured ({', '.join(sorted(configured))}): "
+                                       "pick one with --channel NAME")])
     if name is None and configured:
         name = next(iter(configured))
     if name is None:
         return "email", None
     extra = dict(configured[name].model_extra or {})
-    return str(extra.get("channel") or "email"), (str(extra["domain"]) if extra.get("domain") else None)
+    return name, (str(extra["domain"]) if extra.get("domain") else None)
 
 
 async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     from channels.email.importer import count, import_paths
     from channels.email.store import EmailStore
+    from channels.registry import ChannelRegistry
     from umsg.core import Core
 
     for p in args.paths:
@@ -70,7 +78,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
             raise ConfigError([("paths", f"{p} does not exist")])
     channel, domain = _email_channel(settings, args.channel)
     total = await asyncio.to_thread(count, list(args.paths))
-    core = await Core.open(settings)
+    core = await Core.open(settings, channels=ChannelRegistry().instances(settings.channels))
     try:
         await core.start()
         store = EmailStore(core.sessions)

@@ -124,9 +124,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     settings = settings_from_args(args)
     slug = args.project or settings.project
     attrs = _pairs(args.attr, "attr")
+    from channels.registry import ChannelRegistry  # which identity kind each instance answers on
+
     sample = make_sample(channel=args.channel, sender=args.sender, to=args.to, at=_at(args.at),
                          subject=args.subject, text=args.text, meta=_pairs(args.meta, "meta"),
-                         attributes=attrs, default_region=settings.ingest.default_region)
+                         attributes=attrs, default_region=settings.ingest.default_region,
+                         channels=ChannelRegistry().instances(settings.channels))
     if args.store:
         table, source, sample = asyncio.run(_from_store(settings, slug, sample, bool(args.attr)))
     else:

@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Contact, Conversation, Message, QueueItem
 from umsg.events import EventLog
 from umsg.ingest.rows import Work
+from umsg.instances import ChannelInstances
 from umsg.routing import actions
 
 
-async def run(session: AsyncSession, events: EventLog, work: Work, now: datetime) -> None:
+async def run(session: AsyncSession, events: EventLog, work: Work, now: datetime,
+              channels: ChannelInstances) -> None:
     """Carry out `work`'s auto-reply, forward and preferred-agent pin (its rows are written)."""
     d, conv_row, contact_row = work.decision, work.conversation, work.contact
     assert d is not None and conv_row is not None and contact_row is not None
@@ -29,9 +31,10 @@ async def run(session: AsyncSession, events: EventLog, work: Work, now: datetime
     assert conv is not None and msg is not None
     if d.reply is not None:
         await actions.send_auto_reply(session, events, decision=d, conversation=conv, contact=contact,
-                                      message=msg, meta=work.prepared.inbound.meta, now=now)
+                                      message=msg, meta=work.prepared.inbound.meta, now=now, channels=channels)
     if d.forward is not None:
-        await actions.send_forward(session, events, decision=d, conversation=conv, message=msg, now=now)
+        await actions.send_forward(session, events, decision=d, conversation=conv, message=msg, now=now,
+                                   channels=channels)
     if work.enqueue and d.preferred is not None and work.queue_item_id is not None:
         item = await session.get(QueueItem, work.queue_item_id)
         assert item is not None

@@ -218,7 +218,7 @@ class GroupWriter:
             return await persist.write(conn, self._bulk, state.ids, works, state.now, commit=True)
         await persist.write(conn, self._bulk, state.ids, works, state.now)
         for work in orm:
-            await followup.run(session, self._events, work, state.now)
+            await followup.run(session, self._events, work, state.now, self._routes.channels)
         await session.flush()
         return False
 

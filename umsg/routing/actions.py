@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Agent, Contact, Conversation, Message, Part, QueueItem, RouterPin
 from umsg.errors import PermanentError
 from umsg.events import EventLog
+from umsg.instances import ChannelInstances
+from umsg.model import IdentityKind
 from umsg.outbound import StoredAttachment, add_reply
 from umsg.routing.filters import Sample
 from umsg.routing.targets import PreferredAgent, RouteDecision, render
@@ -58,7 +60,7 @@ async def _recently_answered(session: AsyncSession, conv: Conversation, since: d
 
 async def send_auto_reply(session: AsyncSession, events: EventLog, *, decision: RouteDecision,
                           conversation: Conversation, contact: Contact | None, message: Message,
-                          meta: Mapping[str, Any], now: datetime) -> str:
+                          meta: Mapping[str, Any], now: datetime, channels: ChannelInstances) -> str:
     """Queue the route's automatic answer; returns what happened, also recorded on the message."""
     reply = decision.reply
     assert reply is not None
@@ -74,7 +76,7 @@ async def send_auto_reply(session: AsyncSession, events: EventLog, *, decision: 
         try:
             text = render(reply.template, values)
             out = await add_reply(session, events, conversation=conversation, text=text, subject=subject,
-                                  automatic=True, now=now,
+                                  automatic=True, now=now, channels=channels,
                                   flags={"route": decision.route, "auto_reply_of": message.id})
             outcome = f"sent: message {out.id}"
         except PermanentError as exc:
@@ -96,13 +98,24 @@ def recipient_detail(to_addrs: list[str] | None) -> str:
     return local.split("+", 1)[1] if "+" in local else local
 
 
+def forward_channel(named: str | None, to: str, message_channel: str, channels: ChannelInstances) -> str:
+    """The instance a forward leaves on: the route's `forward_channel`; for an email address
+    the message's own channel when it is an email instance, else the one email instance
+    (PermanentError when several could); otherwise the message's own channel."""
+    if named:
+        return named
+    if "@" not in to or channels.kind(message_channel) == IdentityKind.EMAIL:
+        return message_channel
+    return channels.one_answering(IdentityKind.EMAIL, "the route's forward_channel")
+
+
 async def send_forward(session: AsyncSession, events: EventLog, *, decision: RouteDecision,
-                       conversation: Conversation, message: Message, now: datetime) -> str:
+                       conversation: Conversation, message: Message, now: datetime,
+                       channels: ChannelInstances) -> str:
     """Queue an outbound copy of the message to the route's forward address."""
     fwd = decision.forward
     assert fwd is not None
     to = fwd.to.replace("{recipient_detail}", recipient_detail(message.to_addrs))
-    channel = fwd.channel or ("email" if "@" in to else message.channel)
     header = f"Forwarded {message.channel} message from {message.from_addr}"
     text = f"{header}:\n\n{message.text or ''}".rstrip() + "\n"
     subject = f"Fwd: {message.subject or conversation.subject or header}"
@@ -111,9 +124,10 @@ async def send_forward(session: AsyncSession, events: EventLog, *, decision: Rou
                            Part.derived_from_id.is_(None)).order_by(Part.id))).all()
     attachments = [StoredAttachment(p.sha256, p.media_type, p.size, p.filename) for p in parts]
     try:
+        channel = forward_channel(fwd.channel, to, message.channel, channels)
         out = await add_reply(session, events, conversation=conversation, text=text, subject=subject,
                               channel=channel, to=to, automatic=True, now=now, attachments=attachments,
-                              flags={"route": decision.route, "forward_of": message.id})
+                              channels=channels, flags={"route": decision.route, "forward_of": message.id})
         outcome = f"sent: message {out.id}"
     except PermanentError as exc:
         outcome = f"skipped: {exc}"

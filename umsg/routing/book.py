@@ -26,6 +26,7 @@ from storage.models import Project, StoredRouteTable
 from storage.types import utcnow
 from umsg.errors import ConfigError, Conflict
 from umsg.events import add_event
+from umsg.instances import ChannelInstances
 from umsg.routing.build import build_route, dump_route, parse_table, tables_by_project
 from umsg.routing.settings import RouteSettings
 from umsg.routing.table import RouteTable
@@ -58,8 +59,11 @@ class RouteBook:
     """Per-project route tables; construct one per Core (no global state)."""
 
     def __init__(self, configured: Mapping[str, Sequence[RouteSettings]], default_project: str, *,
-                 recheck_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 recheck_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 channels: ChannelInstances | None = None) -> None:
         self.default_project = default_project
+        # The configured channel instances routes name (filters, forward targets).
+        self.channels = channels if channels is not None else ChannelInstances()
         self._configured = {slug: list(rs) for slug, rs in configured.items()}
         self._tables = tables_by_project([r for rs in configured.values() for r in rs], default_project)
         self.recheck_seconds = recheck_seconds
@@ -67,12 +71,13 @@ class RouteBook:
         self._cache: dict[int, _Cached] = {}
 
     @classmethod
-    def from_settings(cls, routes: Sequence[RouteSettings], default_project: str) -> RouteBook:
+    def from_settings(cls, routes: Sequence[RouteSettings], default_project: str, *,
+                      channels: ChannelInstances | None = None) -> RouteBook:
         """The book of the configuration's `[[routes]]`; a route naming no project is the default one's."""
         grouped: dict[str, list[RouteSettings]] = {}
         for rs in routes:
             grouped.setdefault(rs.project or default_project, []).append(rs)
-        return cls(grouped, default_project)
+        return cls(grouped, default_project, channels=channels)
 
     def configured(self, slug: str) -> RouteTable:
         """The table of the TOML configuration for project `slug` (the built-in default if none)."""

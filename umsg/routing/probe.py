@@ -16,35 +16,37 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Contact, Identity
 from umsg.errors import PermanentError
 from umsg.identity import normalise
+from umsg.instances import ChannelInstances
 from umsg.model import IdentityKind
 from umsg.routing.filters import Sample
 
 
-def guess_kind(channel: str, sender: str) -> IdentityKind:
+def guess_kind(channel: str, sender: str, channels: ChannelInstances | None = None) -> IdentityKind:
+    """An address with `@` is email; otherwise the kind the channel instance answers on, when
+    that is chat or fax, else a phone number."""
     if "@" in sender:
         return IdentityKind.EMAIL
-    if channel == "webchat":
-        return IdentityKind.CHAT
-    if channel == "fax":
-        return IdentityKind.FAX
-    return IdentityKind.PHONE
+    kind = (channels or ChannelInstances()).kind(channel)
+    return kind if kind in (IdentityKind.CHAT, IdentityKind.FAX) else IdentityKind.PHONE
 
 
-def normalised_sender(channel: str, sender: str, default_region: str | None = None) -> str:
+def normalised_sender(channel: str, sender: str, default_region: str | None = None,
+                      channels: ChannelInstances | None = None) -> str:
     try:
-        return normalise(guess_kind(channel, sender), sender, default_region)
+        return normalise(guess_kind(channel, sender, channels), sender, default_region)
     except PermanentError:
         return sender.strip()  # judge it as given: a test must not fail on an odd sender
 
 
 def make_sample(*, channel: str, sender: str, to: str | Sequence[str], at: datetime | None = None,
                 subject: str | None = None, text: str | None = None, meta: Mapping[str, Any] | None = None,
-                attributes: Mapping[str, Any] | None = None, default_region: str | None = None) -> Sample:
+                attributes: Mapping[str, Any] | None = None, default_region: str | None = None,
+                channels: ChannelInstances | None = None) -> Sample:
     recipients = (to,) if isinstance(to, str) else tuple(to)
     when = at or datetime.now(UTC)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)  # a naive time in a test means UTC, as everywhere in the store
-    return Sample(channel=channel, sender=normalised_sender(channel, sender, default_region),
+    return Sample(channel=channel, sender=normalised_sender(channel, sender, default_region, channels),
                   recipients=recipients, at=when, subject=subject, text=text, meta=dict(meta or {}),
                   attributes=dict(attributes or {}))
 

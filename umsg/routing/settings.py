@@ -131,8 +131,9 @@ Patterns = str | list[str] | None
 class RouteSettings(_Strict):
     """One channel route: filters that must all match, then a target; the first match wins.
 
-    Filters (each optional; a list means any of its entries): `channel`; `to` (recipient
-    address, dialled number, short code) and `sender` as patterns (exact, `prefix*`,
+    Filters (each optional; a list means any of its entries): `channel` (configured channel
+    instances by name, never an adapter type; `api` for messages posted through the API);
+    `to` (recipient address, dialled number, short code) and `sender` as patterns (exact, `prefix*`,
     `re:regex`, number range `+4930100..+4930199`); `time` (a daily window); `hours` (a
     business-hours calendar with `open = true|false`); `contact` (attribute conditions such
     as "vip = true", "value >= 1000", all must hold); `language`; `menu` (DTMF selection, as

@@ -129,7 +129,7 @@ async def test_routes(ctx: Ctx) -> web.StreamResponse:
     pid, slug = await _project(ctx, body.project)
     sample = make_sample(channel=body.channel, sender=body.sender, to=body.to, at=body.at,
                          subject=body.subject, text=body.text, meta=body.meta, attributes=body.attributes,
-                         default_region=ctx.core.settings.ingest.default_region)
+                         default_region=ctx.core.settings.ingest.default_region, channels=ctx.core.channels)
     async with ctx.core.readers() as s:
         if body.attributes is None:
             sample = replace(sample, attributes=await contact_attributes(s, pid, sample.sender))
