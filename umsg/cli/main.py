@@ -3,6 +3,7 @@
     umsg serve [--config FILE] [--data-dir DIR] [--http-host H] [--http-port N]
     umsg migrate [--config FILE] [--data-dir DIR]
     umsg config check FILE
+    umsg channels list|rename OLD NEW [--config FILE]
     umsg token create --role admin|supervisor|agent [--agent LOGIN] [--label L] [--config FILE]
 
 The configuration file may also be named by the `UMSG_CONFIG` environment
@@ -24,15 +25,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from umsg import __version__
+from umsg.cli import channel_names as cli_channels
 from umsg.cli import routes as cli_routes
 from umsg.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, settings_from_args
 from umsg.cli.importer import add_import_command, cmd_import
-from umsg.config import ChannelSettings, Settings, check_file
+from umsg.config import Settings, check_file
 from umsg.errors import ConfigError, UmsgError
 
 ROLES = ("admin", "supervisor", "agent")
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     with_config(create)
     add_import_command(sub, with_config)
     cli_routes.add_to(sub, with_config)
+    cli_channels.add_to(sub, with_config)
     return parser
 
 
@@ -156,10 +158,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _channel_problems(path: Path) -> list[tuple[str, str]]:
-    """Build every configured channel through the registry, reporting what it refuses.
+    """Build every configured channel through the registry, reporting what it refuses, and
+    every name that refers to an instance but is dangling or ambiguous (umsg/cli/channel_check.py).
 
     Works on the raw file so that channel problems are listed even when other
     keys are wrong too; structural problems were already reported by `check_file`.
+    A file without channels is not checked: its routes can only see messages posted
+    through the API, which may carry any channel name.
     """
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -168,31 +173,9 @@ def _channel_problems(path: Path) -> list[tuple[str, str]]:
     channels = raw.get("channels")
     if not isinstance(channels, dict) or not channels:
         return []
-    from channels.registry import ChannelRegistry  # only a file with channels needs the adapters
+    from umsg.cli.channel_check import check_channels  # only a file with channels needs the adapters
 
-    registry = ChannelRegistry()
-    problems: list[tuple[str, str]] = []
-    for name, entry in channels.items():
-        prefix = f"channels.{name}"
-        try:
-            channel_settings = ChannelSettings.model_validate(entry)
-        except ValidationError:
-            continue
-        try:
-            registry.build(name, channel_settings)
-        except ConfigError as exc:
-            problems.extend((_qualify(prefix, key), reason) for key, reason in exc.problems)
-        except (UmsgError, ValueError, TypeError, LookupError) as exc:
-            problems.append((prefix, str(exc) or type(exc).__name__))
-    return problems
-
-
-def _qualify(prefix: str, key: str) -> str:
-    if not key:
-        return prefix
-    if key == prefix or key.startswith(prefix + "."):
-        return key
-    return f"{prefix}.{key}"
+    return check_channels(raw)
 
 
 def config_problems(path: Path) -> list[tuple[str, str]]:
@@ -276,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": cmd_token_create,
         "import": cmd_import,
         "routes": cli_routes.run,
+        "channels": cli_channels.run,
     }
     try:
         return handlers[args.command](args)
