@@ -78,6 +78,11 @@ async def get_session(ctx: Ctx) -> web.StreamResponse:
         "reason_codes": {k: list(v) for k, v in settings.reason_codes.items()},
         "offer_timeout_seconds": settings.offer_timeout_seconds,
         "wrapup_codes": wrapups,
+        # The channel instances replies can leave on, and the identity kind each sends to; empty
+        # when the gateway runs without configured instances (the inbox then uses type names).
+        "channels": [{"name": i.name, "type": i.type,
+                      "identity_kind": i.identity_kind.value if i.identity_kind is not None else None}
+                     for i in ctx.core.channels.all() if i.enabled],
     })
 
 

@@ -8,8 +8,8 @@ import { htmlFrame, renderPart } from "./media.js";
 import { ReplyOutbox } from "./outbox.js";
 import { TypingSignal } from "./typing.js";
 
-// Which channel answers to which kind of identity.
-const CHANNEL_OF = { email: "email", phone: "sms", fax: "fax", chat: "webchat" };
+// Without configured channel instances (session.channels empty) the type names stand for them.
+const TYPE_CHANNEL_OF = { email: "email", phone: "sms", fax: "fax", chat: "webchat" };
 
 export class ConversationView {
   constructor(root, app) {
@@ -133,9 +133,23 @@ export class ConversationView {
       el("div", { class: "row" }, this.files, this.sendButton), this.error);
   }
 
+  // The identity kind a channel instance sends to (null: whoever wrote).
+  kindOf(channel) {
+    const configured = this.app.session.channels || [];
+    if (configured.length) return configured.find((c) => c.name === channel)?.identity_kind ?? null;
+    return Object.keys(TYPE_CHANNEL_OF).find((k) => TYPE_CHANNEL_OF[k] === channel) ?? null;
+  }
+
+  // The channel instances that send to identities of `kind`.
+  channelsFor(kind) {
+    const configured = this.app.session.channels || [];
+    if (configured.length) return configured.filter((c) => c.identity_kind === kind).map((c) => c.name);
+    return TYPE_CHANNEL_OF[kind] ? [TYPE_CHANNEL_OF[kind]] : [];
+  }
+
   // Typing is shown only by a live chat window, answered on its own channel.
   isLiveChat() {
-    return this.conv.channel === CHANNEL_OF.chat && this.channel.value === this.conv.channel;
+    return this.kindOf(this.conv.channel) === "chat" && this.channel.value === this.conv.channel;
   }
 
   // The customer is typing (or stopped): a line under the timeline, like the widget's.
@@ -145,13 +159,14 @@ export class ConversationView {
 
   fillRecipients(resetChannel = true) {
     const ids = this.contact?.identities || [];
-    const channels = new Set([this.conv.channel, ...ids.map((i) => CHANNEL_OF[i.kind]).filter(Boolean)]);
+    const channels = new Set([this.conv.channel, ...ids.flatMap((i) => this.channelsFor(i.kind))]);
     if (resetChannel || !this.channel.value) {
       replace(this.channel, [...channels].map((c) => el("option", { value: c }, c)));
       this.channel.value = this.conv.channel;
     }
     const ch = this.channel.value;
-    const fitting = ids.filter((i) => CHANNEL_OF[i.kind] === ch && !i.opted_out);
+    const kind = this.kindOf(ch);
+    const fitting = ids.filter((i) => i.kind === kind && !i.opted_out);
     replace(this.to, el("option", { value: "" }, ch === this.conv.channel ? "(as the conversation)" : "(default)"),
       fitting.map((i) => el("option", { value: i.value }, i.value)));
   }
