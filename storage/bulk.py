@@ -32,8 +32,9 @@ fails if either goes away.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -65,6 +66,18 @@ def json_list(name: str) -> Any:
     """A list parameter `fetch` can compile once on SQLite: pass the list as one JSON text (`json.dumps`),
     for use as `column.in_(json_list("ids"))`; the SQL text is then the same for every length."""
     return select(literal_column("value")).select_from(func.json_each(bindparam(name, type_=String))).scalar_subquery()
+
+
+def in_list(name: str, dialect: str) -> Any:
+    """The right side of `column.in_(...)` for a list parameter `name` on `dialect`: `json_list`
+    on SQLite (compiled once by `fetch`), an expanding parameter elsewhere. Pass its value
+    through `list_param`."""
+    return json_list(name) if dialect == "sqlite" else bindparam(name, expanding=True)
+
+
+def list_param(dialect: str, values: Iterable[Any]) -> Any:
+    """The value of an `in_list` parameter: JSON text on SQLite, the list itself elsewhere."""
+    return json.dumps(sorted(values)) if dialect == "sqlite" else sorted(values)
 
 
 @dataclass(frozen=True)

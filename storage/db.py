@@ -7,6 +7,7 @@ may be confined to one schema (tests give each run its own).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import event
@@ -18,6 +19,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+log = logging.getLogger(__name__)
 
 SessionFactory = async_sessionmaker[AsyncSession]
 READ_ONLY_OPTION = "umsg_read_only"
@@ -106,6 +109,37 @@ async def writer_connection(engine: AsyncEngine) -> AsyncConnection:
     """
     conn = await engine.connect()
     return await conn.execution_options(**{OWN_BEGIN_OPTION: True})
+
+
+class HeldConnection:
+    """A batch writer's connection, kept across its transactions and replaced when it breaks.
+
+    Holding it saves each transaction the pool's checkout and reset (see `writer_connection`).
+    """
+
+    def __init__(self, sessions: SessionFactory, what: str) -> None:
+        self._sessions = sessions
+        self._what = what
+        self._conn: AsyncConnection | None = None
+
+    async def get(self) -> AsyncConnection:
+        if self._conn is None:
+            engine = self._sessions.kw.get("bind")
+            if not isinstance(engine, AsyncEngine):
+                raise TypeError(f"{self._what} needs sessions bound to an AsyncEngine")
+            self._conn = await writer_connection(engine)
+        return self._conn
+
+    async def drop(self, *, only_if_broken: bool = False) -> None:
+        """Close the connection (with `only_if_broken`, only when the driver invalidated it)."""
+        conn = self._conn
+        if conn is None or (only_if_broken and not conn.invalidated):
+            return
+        self._conn = None
+        try:
+            await conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
+            log.debug("closing the %s connection failed", self._what, exc_info=True)
 
 
 async def begin_immediate(conn: AsyncConnection) -> None:

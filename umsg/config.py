@@ -28,6 +28,8 @@ from umsg.routing.settings import HoursSettings as HoursSettings
 from umsg.routing.settings import RouteSettings as RouteSettings
 
 ENV_PREFIX = "UMSG_"
+# Variables of the prefix that are not settings: the file to read, and crash tests' failpoints.
+NOT_SETTINGS = frozenset({"UMSG_CONFIG", "UMSG_FAILPOINTS"})
 
 
 class _Strict(BaseModel):
@@ -175,7 +177,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Turn `UMSG_A__B=v` variables into `{"a": {"b": "v"}}` (values parsed as TOML scalars)."""
     out: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "UMSG_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
         if not path:

@@ -25,6 +25,7 @@ from storage.models import Project
 from umsg.channel_jobs import ChannelJobs
 from umsg.config import Settings
 from umsg.events import EventLog
+from umsg.failpoints import AfterCommit
 from umsg.ingest.ingestor import Ingestor
 from umsg.instances import ChannelInstances
 from umsg.outbound import Outbox
@@ -58,11 +59,13 @@ class Core:
 
     @classmethod
     async def open(cls, settings: Settings, migrate: bool | None = None, *,
-                   channels: ChannelInstances | None = None) -> Core:
+                   after_commit: AfterCommit | None = None, channels: ChannelInstances | None = None) -> Core:
         """Connect to the store (migrating it when configured to) and build every component.
 
         `channels` are the configured channel instances (`umsg.serve` collects them from the
-        adapters); without them the core knows only the adapter type names (umsg/instances.py)."""
+        adapters); without them the core knows only the adapter type names (umsg/instances.py).
+
+        `after_commit` is called after each ingest commit (a crash test's failpoint)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.database_url
         engine = create_engine(url, schema=settings.database.schema_name, pool_size=settings.database.pool_size)
@@ -76,7 +79,8 @@ class Core:
         routes = RouteBook.from_settings(settings.routes, settings.project, channels=channels)
         events = EventLog(sessions, readers)
         queue = Queue(sessions, events, settings.queue, readers=readers)
-        ingest = Ingestor(sessions, readers, blobs, converters, routes, events, queue, settings.ingest)
+        ingest = Ingestor(sessions, readers, blobs, converters, routes, events, queue, settings.ingest,
+                          after_commit=after_commit)
         core = cls(settings, engine, sessions, readers, blobs, converters, routes, events, queue, ingest)
         core.router = RouterService(sessions, readers, events, engine, settings.router,
                                     schema=settings.database.schema_name)
@@ -121,4 +125,5 @@ class Core:
 
     async def aclose(self) -> None:
         await self.ingest.aclose()
+        await self.reports.aclose()
         await self.engine.dispose()

@@ -9,8 +9,8 @@ each result is written on its own so one bad result does not cost the others the
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -22,8 +22,8 @@ from storage.db import SessionFactory
 from storage.models import Job
 from umsg.dispatch_claim import Claimed
 from umsg.dispatch_status import StatusChange, set_statuses
-from umsg.errors import TransientError
 from umsg.events import EventLog
+from umsg.group_commit import GroupCommit
 from umsg.model import DeliveryResult, DeliveryStatus
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,13 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2**attempts, MAX_BACKOFF_SECONDS))
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Result:
     """A job's delivery result waiting for the next group commit of results."""
 
     job: Claimed
     result: DeliveryResult
     now: datetime
-    done: asyncio.Future[None]
-
-    def settle(self, error: BaseException | None) -> None:
-        if self.done.done():
-            return
-        if error is None:
-            self.done.set_result(None)
-        else:
-            self.done.set_exception(error)
 
 
 @dataclass(frozen=True)
@@ -96,44 +87,15 @@ class ResultRecorder:
         self._sessions = sessions
         self._events = events
         self._owner = owner
-        # Results waiting for the next group commit, and the lock its one writer holds.
-        self._results: list[_Result] = []
-        self._recording = asyncio.Lock()
-        self._writes: set[asyncio.Future[None]] = set()
+        self._group: GroupCommit[_Result, None] = GroupCommit(self._write, name="delivery results",
+                                                              gather_first=True)
 
     async def record(self, job: Claimed, result: DeliveryResult, now: datetime) -> None:
         """Record one job's result, committed on return (together with whatever else is waiting)."""
-        item = _Result(job, result, now, asyncio.get_running_loop().create_future())
-        self._results.append(item)
-        async with self._recording:
-            if not item.done.done():
-                # Sends resumed in this same pass of the event loop (one SMPP read can answer ten)
-                # would otherwise miss this write by a moment and each wait for the next.
-                await asyncio.sleep(0)
-                batch, self._results = self._results, []
-                # Shielded: a cancelled caller must not abandon the other results of its batch.
-                write = asyncio.ensure_future(self._write(batch))
-                self._writes.add(write)
-                write.add_done_callback(self._writes.discard)
-                await asyncio.shield(write)
-        await item.done
+        await self._group.submit(_Result(job, result, now))
 
-    async def _write(self, batch: list[_Result]) -> None:
-        try:
-            outcomes = await self._commit(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0].settle(exc)
-                return
-            # One bad result must not cost the others theirs: write each on its own.
-            log.warning("recording %d delivery results together failed (%r); one by one", len(batch), exc)
-            for one in batch:
-                await self._write([one])
-            return
-        except BaseException as exc:
-            for item in batch:
-                item.settle(TransientError("recording interrupted"))
-            raise exc
+    async def _write(self, batch: Sequence[_Result]) -> list[None | Exception]:
+        outcomes = await self._commit(batch)
         self._events.notify()
         for item, outcome in zip(batch, outcomes, strict=True):
             if outcome is None:
@@ -142,9 +104,9 @@ class ResultRecorder:
             elif log.isEnabledFor(logging.INFO):
                 log.info("job %s (message %s): %s%s", item.job.job_id, item.job.message_id, outcome.msg_status,
                          f" ({outcome.detail})" if outcome.detail else "")
-            item.settle(None)
+        return [None] * len(batch)
 
-    async def _commit(self, batch: list[_Result]) -> list[_Plan | None]:
+    async def _commit(self, batch: Sequence[_Result]) -> list[_Plan | None]:
         """One transaction for `batch`; per item its plan, None if its lease was lost."""
         plans = {item.job.job_id: _plan(item.job, item.result, item.now) for item in batch}
         async with self._sessions() as s:
@@ -159,7 +121,7 @@ class ResultRecorder:
             await s.commit()
         return [plans[item.job.job_id] if item.job.job_id in taken else None for item in batch]
 
-    async def _update_jobs(self, s: AsyncSession, batch: list[_Result], plans: dict[int, _Plan]) -> set[int]:
+    async def _update_jobs(self, s: AsyncSession, batch: Sequence[_Result], plans: dict[int, _Plan]) -> set[int]:
         """Settle the jobs still leased to us at the attempt we claimed; returns their ids."""
         claimed = {item.job.job_id: item for item in batch}  # one job twice: its last result, as `plans`
         held = await s.execute(_HELD, {"ids": list(plans), "owner": self._owner})

@@ -5,9 +5,10 @@ Claiming (`sending`), recording results (`sent`, `delivered`, `queued` for a ret
 messages under the write lock, then one executemany per kind of write (the changes, the
 fill-ins, the `message.status` events), all with statements built once, replace the ORM's
 load-then-flush per message.
-Rules kept here: a message already `delivered` or `read` (its receipt can arrive before
-`send` returns) is never moved back to `sent`, only its missing provider id and send
-time are filled in; a change with `expect` applies only to messages in that state.
+Rules kept here: the one status rule (`umsg.status.next_status`): a message already
+`delivered` or `read` (its receipt can arrive before `send` returns) is never moved back,
+only its missing provider id and send time are filled in; a change with `expect` applies
+only to messages in that state.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Event, Message
+from umsg.status import next_status
 
 _MESSAGE = cast(Table, Message.__table__)
 _EVENT = cast(Table, Event.__table__)
-# States a late "the peer accepted it" must not overwrite.
-_LATER = ("delivered", "read")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ async def set_statuses(s: AsyncSession, changes: Sequence[StatusChange], *, expe
         now = current.get(mid)
         if now is None:
             continue
-        if c.status == "sent" and now.status in _LATER:
+        if not next_status(now.status, c.status).changed and now.status != c.status:
             # Its receipt came first: fill in only what the receipt could not know.
             provider, sent = now.provider_id or c.provider_id, now.sent_at or c.at
             if (provider, sent) != (now.provider_id, now.sent_at):

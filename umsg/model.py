@@ -74,6 +74,54 @@ class ThreadHints:
 
 
 @dataclass(frozen=True)
+class OptOut:
+    """The sender asks to receive nothing more at the address it wrote from (STOP, 退订),
+    or, with `opted_out=False`, to receive messages again (START)."""
+
+    opted_out: bool = True
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """This message reports on one of our earlier outgoing messages (an email DSN).
+
+    The message is found by our id (`message_id`, read from our own Message-ID) or by the
+    id the peer knows it by (`provider_id`). Only addresses in `failed` that the message
+    was really sent to are marked failing, so a forged report cannot flag other customers.
+    """
+
+    status: str  # a umsg.status.MessageStatus value: delivered, failed, ...
+    message_id: int | None = None
+    provider_id: str | None = None
+    failed: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class AddIdentity:
+    """The sender can also be reached at this address (a chat visitor's email); it joins their
+    contact unless another contact owns it already."""
+
+    kind: IdentityKind
+    value: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ContinueOn:
+    """Replies in this message's conversation leave on another channel from now on
+    (a chat the visitor left for email)."""
+
+    channel: str
+    reason: str
+
+
+# What a message implies beyond itself: applied by the ingest in the message's own transaction,
+# so the peer's acknowledgement (which follows the commit) covers them too.
+Effect = OptOut | DeliveryReport | AddIdentity | ContinueOn
+
+
+@dataclass(frozen=True)
 class Inbound:
     """A message from a customer, normalised by its channel adapter."""
 
@@ -94,6 +142,7 @@ class Inbound:
     # Free-form facts the channel learned (DTMF menu choice, detected language,
     # auto-reply flags); routes may filter on them.
     meta: dict[str, Any] = field(default_factory=dict)
+    effects: tuple[Effect, ...] = ()
 
 
 @dataclass(frozen=True)

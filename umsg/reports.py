@@ -3,37 +3,40 @@
 Channels call this instead of writing the store themselves. `bind` records an id the peer
 gave a message (an SMSC message_id, a fax job id) the moment it is known, and commits, so a
 receipt arriving milliseconds later finds its message; concurrent binds share one
-transaction (group commit), each caller still returning only after its commit. `record` applies a report: it moves
-the message's delivery status, emits `message.status`, and on a permanent failure marks the
-recipient's identity as failing so agents (and the default-recipient choice) see it.
+transaction (`umsg.group_commit`), each caller still returning only after its commit. A
+batch of binds is one read and one write of rows (`storage.bulk`: on SQLite two hops to the
+driver's thread, BEGIN IMMEDIATE with the read and COMMIT with the rows) on a connection the
+binds keep between batches. `record` and `apply_report` apply a report by the one status rule
+(`umsg.status`): they move the message's delivery status, emit `message.status`, and on a
+permanent failure mark the recipient's identity as failing so agents (and the
+default-recipient choice) see it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, case, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Select, Table, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from storage.bulk import Bulk, json_list
-from storage.db import OWN_BEGIN_OPTION, SessionFactory, read_sessions_for
+from storage.bulk import Bulk, in_list, list_param
+from storage.db import HeldConnection, SessionFactory, read_sessions_for
 from storage.models import ChannelState, Identity, Message, ProviderRef
 from storage.types import utcnow
 from umsg.events import EventLog
+from umsg.group_commit import GroupCommit
+from umsg.status import Move, next_status
 
 log = logging.getLogger(__name__)
 
 _MESSAGE = cast(Table, Message.__table__)
 _PROVIDER_REF = cast(Table, ProviderRef.__table__)
+_STATE = cast(Table, ChannelState.__table__)
 
 # Delivery states a report may set, with whether they are final failures.
 STATES: dict[str, bool] = {
@@ -50,17 +53,6 @@ class _Bind:
     channel: str
     ids: list[str]
     part: int | None
-    future: asyncio.Future[None]
-
-
-def _resolve(binds: Iterable[_Bind], error: BaseException | None) -> None:
-    for b in binds:
-        if b.future.done():
-            continue
-        if error is None:
-            b.future.set_result(None)
-        else:
-            b.future.set_exception(error)
 
 
 def _bound_rows(batch: Iterable[_Bind], messages: Mapping[int, tuple[int, str | None]],
@@ -77,28 +69,64 @@ def _bound_rows(batch: Iterable[_Bind], messages: Mapping[int, tuple[int, str | 
     return refs, {mid: pid for mid, pid in first.items() if messages[mid][1] is None}
 
 
-def _settle_binds(batch: Iterable[_Bind], messages: Container[int]) -> None:
-    """The batch is committed: each bind returns, but for a message that does not exist."""
-    for b in batch:
-        if b.message_id in messages:
-            _resolve([b], None)
-        else:
-            _resolve([b], LookupError(f"message {b.message_id} does not exist"))
+def _bind_outcomes(batch: Sequence[_Bind], messages: Container[int]) -> list[None | Exception]:
+    """Each bind returns, but for a message that does not exist."""
+    return [None if b.message_id in messages else LookupError(f"message {b.message_id} does not exist")
+            for b in batch]
 
 
-def _insert_ignoring_bound(dialect: str) -> Insert:
-    """INSERT into provider_ref that skips (channel, provider_id) pairs already there."""
-    stmt = pg_insert(_PROVIDER_REF) if dialect == "postgresql" else sqlite_insert(_PROVIDER_REF)
-    return stmt.on_conflict_do_nothing(index_elements=["channel", "provider_id"])
+def _messages_by_id(dialect: str) -> Select[Any]:
+    """The messages a batch of binds names, read under the write lock (SQLite's BEGIN IMMEDIATE,
+    PostgreSQL's FOR UPDATE), so "no provider id yet" still holds when the update runs."""
+    return select(_MESSAGE.c.id, _MESSAGE.c.project_id, _MESSAGE.c.provider_id).where(
+        _MESSAGE.c.id.in_(in_list("ids", dialect))).with_for_update()
 
 
-# The messages a batch of binds names, with what `_commit_lean` needs of them.
-_MESSAGES_BY_ID = select(_MESSAGE.c.id, _MESSAGE.c.project_id, _MESSAGE.c.provider_id).where(
-    _MESSAGE.c.id.in_(json_list("ids")))
+def _states_by_key(dialect: str) -> Select[Any]:
+    """The `mt-parts:<id>` rows a batch of part binds adds to."""
+    return select(_STATE.c.id, _STATE.c.channel, _STATE.c.key, _STATE.c.value).where(
+        _STATE.c.key.in_(in_list("keys", dialect))).with_for_update()
 
 
 def _parts_key(message_id: int) -> str:
     return f"mt-parts:{message_id}"
+
+
+async def apply_report(s: AsyncSession, events: EventLog, msg: Message, status: str, *, detail: str = "",
+                       failing: Collection[str] = (), extra: Mapping[str, Any] | None = None,
+                       now: datetime) -> Move:
+    """Apply one delivery report to `msg` in the caller's transaction (the rule: `umsg.status`).
+
+    `failing` are recipient addresses the report says fail: their identities are marked
+    failing, unless the message had already been delivered (a late failure is kept in the
+    message's `delivery` flags, and its status stays). Emits `message.status` when anything
+    was recorded.
+    """
+    move = next_status(msg.status, status)
+    delivery = {**msg.flags.get("delivery", {}), **(extra or {})}
+    if move.late_failure:
+        delivery["late_failure"] = {"detail": detail, "at": now.isoformat()}
+    if delivery != msg.flags.get("delivery", {}):
+        msg.flags = {**msg.flags, "delivery": delivery}  # a new dict, so the ORM sees the change
+    if move.changed:
+        msg.status, msg.status_detail = move.status.value, (detail or None)
+        if failing:
+            await s.execute(
+                update(Identity)
+                # Email identities are stored lower-case, numbers as they are: both spellings, so the index serves.
+                .where(Identity.project_id == msg.project_id,
+                       Identity.value.in_(sorted({*failing, *(a.lower() for a in failing)})))
+                .values(failing=True)
+                .execution_options(synchronize_session=False))
+    if move.changed or move.late_failure:
+        payload: dict[str, Any] = {"message_id": msg.id, "conversation_id": msg.conversation_id,
+                                   "status": move.status.value, "at": now.isoformat()}
+        if detail:
+            payload["detail"] = detail
+        if move.late_failure:
+            payload["late_failure"] = True
+        events.add(s, msg.project_id, "message.status", payload)
+    return move
 
 
 @dataclass(frozen=True)
@@ -119,10 +147,9 @@ class DeliveryReports:
         self._readers = readers or read_sessions_for(sessions)
         self._events = events
         self._clock = clock
-        # Binds waiting for the next group commit, and the lock only one writer holds.
-        self._queued: list[_Bind] = []
-        self._writing = asyncio.Lock()
-        self._writes: set[asyncio.Future[None]] = set()
+        self._group: GroupCommit[_Bind, None] = GroupCommit(self._commit, name="delivery-id binds")
+        self._conn = HeldConnection(sessions, "delivery-id binds")
+        self._statements: dict[str, tuple[Select[Any], Select[Any]]] = {}
         self._bulk = Bulk()  # its compiled statements serve every bind
 
     async def bind(self, message_id: int, channel: str, provider_ids: Iterable[str], *,
@@ -140,101 +167,62 @@ class DeliveryReports:
         the transaction holding its ids committed.
         """
         ids = [p for p in dict.fromkeys(provider_ids) if p]
-        if not ids:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Bind(message_id, channel, ids, part, fut))
-        async with self._writing:
-            if not fut.done():
-                batch, self._queued = self._queued, []
-                # Shielded: a caller cancelled mid-write must not abandon the others of its batch.
-                write = asyncio.ensure_future(self._write(batch))
-                self._writes.add(write)
-                write.add_done_callback(self._writes.discard)
-                await asyncio.shield(write)
-        await fut
+        if ids:
+            await self._group.submit(_Bind(message_id, channel, ids, part))
 
-    async def _write(self, batch: list[_Bind]) -> None:
-        """Commit `batch` at once; if that fails on a constraint, each bind on its own."""
+    async def aclose(self) -> None:
+        """Give back the connection the binds hold."""
+        await self._conn.drop()
+
+    async def _commit(self, batch: Sequence[_Bind]) -> list[None | Exception]:
+        """One transaction for `batch`: the provider_ref rows, each message's first provider id,
+        and the accepted parts of multi-part messages."""
+        conn = await self._conn.get()
+        dialect = conn.dialect.name
+        by_id, by_key = self._statements.get(dialect) or self._statements.setdefault(
+            dialect, (_messages_by_id(dialect), _states_by_key(dialect)))
+        now = self._clock()
         try:
-            await self._commit(batch)
-        except IntegrityError as exc:
+            async with conn.begin():
+                rows = await self._bulk.fetch(conn, by_id, {
+                    "ids": list_param(dialect, {b.message_id for b in batch})}, begin=True)
+                messages = {mid: (project_id, provider_id) for mid, project_id, provider_id in rows}
+                refs, unset = _bound_rows(batch, messages, now)
+                ops: list[tuple[str, Table, list[dict[str, Any]]]] = [
+                    # An id already bound (to this message or, reused by the peer, to another) stays as it is.
+                    ("insert_new", _PROVIDER_REF, refs),
+                    ("update", _MESSAGE, [{"_id": mid, "provider_id": pid} for mid, pid in unset.items()])]
+                parts = [b for b in batch if b.message_id in messages and b.part is not None]
+                if parts:
+                    ops.extend(await self._part_rows(conn, by_key, parts, now))
+                if not await self._bulk.write(conn, ops, commit=True):
+                    await conn.commit()
+        except IntegrityError:
             if len(batch) == 1:
                 # Another process bound the same id at the same moment: it is bound, which is all we want.
-                _resolve(batch, None)
-            else:
-                for one in batch:
-                    await self._write([one])
-            log.debug("group bind of %d fell back after %r", len(batch), exc)
-        except BaseException as exc:
-            _resolve(batch, exc)
-            if not isinstance(exc, Exception):
-                raise
+                return [None]
+            raise
+        except Exception:
+            await self._conn.drop(only_if_broken=True)
+            raise
+        return _bind_outcomes(batch, messages)
 
-    async def _commit(self, batch: list[_Bind]) -> None:
-        engine = self._sessions.kw.get("bind")
-        if isinstance(engine, AsyncEngine) and engine.dialect.name == "sqlite" and all(b.part is None for b in batch):
-            await self._commit_lean(engine, batch)
-            return
-        now = self._clock()
-        async with self._sessions() as s:
-            rows = (await s.execute(
-                select(Message.id, Message.project_id, Message.provider_id)
-                .where(Message.id.in_({b.message_id for b in batch}))
-            )).all()
-            messages = {r.id: (r.project_id, r.provider_id) for r in rows}
-            refs, unset = _bound_rows(batch, messages, now)
-            if refs:
-                # An id already bound (to this message or, reused by the peer, to another) stays as it is.
-                # Plain table statements: the ORM's per-row bookkeeping was most of a bind's CPU.
-                await s.execute(_insert_ignoring_bound(s.get_bind().dialect.name), refs)
-            if unset:
-                table = _MESSAGE
-                await s.execute(update(table).where(table.c.id.in_(unset), table.c.provider_id.is_(None))
-                                .values(provider_id=case(unset, value=table.c.id)))
-            await self._record_parts(s, [b for b in batch if b.message_id in messages and b.part is not None])
-            await s.commit()
-        _settle_binds(batch, messages)
-
-    async def _commit_lean(self, engine: AsyncEngine, batch: list[_Bind]) -> None:
-        """`_commit` for single-part binds on SQLite, in two hops to the driver's thread instead of a
-        session's dozen (see `storage.bulk`): BEGIN IMMEDIATE with the read of the messages,
-        then the rows with COMMIT. Every bind of a batch waits on it, so on a busy event loop
-        each hop saved is latency saved for the whole window of sends."""
-        now = self._clock()
-        async with engine.connect() as plain:
-            conn = await plain.execution_options(**{OWN_BEGIN_OPTION: True})
-            async with conn.begin():
-                rows = await self._bulk.fetch(conn, _MESSAGES_BY_ID, {
-                    "ids": json.dumps(sorted({b.message_id for b in batch}))}, begin=True)
-                messages = {mid: (project_id, provider_id) for mid, project_id, provider_id in rows}
-                # Read under the write lock, so "not set yet" still holds when the update runs.
-                refs, unset = _bound_rows(batch, messages, now)
-                updates = [{"_id": mid, "provider_id": pid} for mid, pid in unset.items()]
-                if not await self._bulk.write(conn, [("insert_new", _PROVIDER_REF, refs),
-                                                     ("update", _MESSAGE, updates)], commit=True):
-                    await conn.commit()
-                # Durable now: answer before the connection's bookkeeping and the pool's reset on
-                # return, which cost another hop each.
-                _settle_binds(batch, messages)
-
-    @staticmethod
-    async def _record_parts(s: AsyncSession, binds: list[_Bind]) -> None:
+    async def _part_rows(self, conn: AsyncConnection, by_key: Select[Any], binds: Sequence[_Bind],
+                         now: datetime) -> list[tuple[str, Table, list[dict[str, Any]]]]:
         """Merge accepted part indexes into one ChannelState row per message (`mt-parts:<id>`)."""
-        if not binds:
-            return
-        keys = {(b.channel, _parts_key(b.message_id)) for b in binds}
-        rows = {(r.channel, r.key): r for r in (await s.scalars(select(ChannelState).where(
-            ChannelState.channel.in_({c for c, _ in keys}),
-            ChannelState.key.in_({k for _, k in keys})))).all()}
+        keys = {_parts_key(b.message_id) for b in binds}
+        found = await self._bulk.fetch(conn, by_key, {"keys": list_param(conn.dialect.name, keys)})
+        rows = {(channel, key): (row_id, value) for row_id, channel, key, value in found}
+        merged: dict[tuple[str, str], dict[str, str]] = {}
         for b in binds:
-            row = rows.get((b.channel, _parts_key(b.message_id)))
-            if row is None:
-                row = ChannelState(channel=b.channel, key=_parts_key(b.message_id), value={"parts": {}})
-                s.add(row)
-                rows[(b.channel, row.key)] = row
-            # A new dict, so the ORM sees the JSON column change.
-            row.value = {"parts": {**row.value.get("parts", {}), str(b.part): b.ids[0]}}
+            where = (b.channel, _parts_key(b.message_id))
+            parts = merged.setdefault(where, dict((rows[where][1] if where in rows else {}).get("parts", {})))
+            parts[str(b.part)] = b.ids[0]
+        return [
+            ("insert", _STATE, [{"channel": c, "key": k, "value": {"parts": p}, "updated_at": now}
+                                for (c, k), p in merged.items() if (c, k) not in rows]),
+            ("update", _STATE, [{"_id": rows[(c, k)][0], "value": {"parts": p}, "updated_at": now}
+                                for (c, k), p in merged.items() if (c, k) in rows])]
 
     async def accepted_parts(self, message_id: int, channel: str) -> dict[int, str]:
         """Parts of `message_id` a peer already accepted (index -> its id), as bound so far.
@@ -280,7 +268,8 @@ class DeliveryReports:
         `status` is one of STATES. A final failure marks the recipient failing unless
         `mark_recipient_failing` is False. `extra` is kept in the message's flags under
         `delivery` (pages sent, the peer's state word, the time it gave). A report for a
-        message that has already been reported delivered does not move it back.
+        message that has already been reported delivered does not move it back
+        (`apply_report`).
         """
         if status not in STATES:
             raise ValueError(f"unknown delivery status {status!r}; expected one of {sorted(STATES)}")
@@ -289,31 +278,13 @@ class DeliveryReports:
         if message_id is None:
             return ReportOutcome(None)
         failing = STATES[status] if mark_recipient_failing is None else mark_recipient_failing
-        now = self._clock()
         async with self._sessions() as s:
             msg = await s.get(Message, message_id)
             if msg is None:
                 return ReportOutcome(None)
-            if msg.status in ("delivered", "read") and status in ("sent", "failed"):
-                # Late or reordered report: a delivered message stays delivered.
-                return ReportOutcome(msg.id, msg.status)
-            msg.status = status
-            msg.status_detail = detail or None
-            if extra:
-                msg.flags = {**msg.flags, "delivery": {**msg.flags.get("delivery", {}), **extra}}
-            if failing and msg.to_addrs:
-                await s.execute(
-                    update(Identity)
-                    .where(Identity.project_id == msg.project_id, Identity.value == str(msg.to_addrs[0]))
-                    .values(failing=True)
-                    .execution_options(synchronize_session=False)
-                )
-            payload: dict[str, Any] = {"message_id": msg.id, "conversation_id": msg.conversation_id,
-                                       "status": status, "at": now.isoformat()}
-            if detail:
-                payload["detail"] = detail
-            self._events.add(s, msg.project_id, "message.status", payload)
+            move = await apply_report(s, self._events, msg, status, detail=detail, extra=extra, now=self._clock(),
+                                      failing=[str(msg.to_addrs[0])] if failing and msg.to_addrs else [])
             await s.commit()
         self._events.notify()
         log.info("delivery report for message %s: %s%s", message_id, status, f" ({detail})" if detail else "")
-        return ReportOutcome(message_id, status)
+        return ReportOutcome(message_id, move.status)

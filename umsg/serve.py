@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -33,6 +34,7 @@ from channels.registry import ChannelRegistry
 from umsg.channel_rename import adopt_legacy_names, legacy_renames, unconfigured_deliveries
 from umsg.config import Settings
 from umsg.core import Core
+from umsg.failpoints import after_commit_from
 from umsg.outbound import Dispatcher
 from umsg.web import create_app
 
@@ -266,7 +268,7 @@ async def _run(settings: Settings, stop: asyncio.Event, ready: Callable[[str], N
     registry = ChannelRegistry()
     # The core learns each instance's identity kind here; it never imports the adapters.
     instances = registry.instances(settings.channels)
-    core = await Core.open(settings, channels=instances)
+    core = await Core.open(settings, after_commit=after_commit_from(os.environ), channels=instances)
     try:
         await adopt_channel_names(core, registry, settings)
         await core.start()

@@ -16,7 +16,7 @@ from channels.email.smtp_server import Handler, Parser, start_server
 from channels.email.store import EmailStore
 from storage.db import SessionFactory
 from umsg.errors import PermanentError, TransientError
-from umsg.model import DeliveryResult, IdentityKind, Inbound, IngestResult, Outbound
+from umsg.model import DeliveryResult, IdentityKind, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +68,18 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
             return None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def _ingest(self, inbound: Inbound) -> IngestResult:
-        assert self._sink is not None
-        result = await self._sink(inbound)
-        report = inbound.meta.get("delivery_report")
-        if report and self._store is not None and not result.duplicate:
-            try:
-                await self._store.apply_delivery_report(report)
-            except Exception:  # noqa: BLE001 - the report itself is stored; linking is best effort
-                log.exception("applying the delivery report of message %s failed", result.message_id)
-        return result
-
     async def start(self, sink: InboundSink) -> None:
         self._sink = sink
         self._stop.clear()
         if self.settings.listen is not None:
             self._parser = Parser(self.settings, self.channel)
-            self.handler = Handler(self.settings, self.channel, self._ingest, self._parser.parse)
+            self.handler = Handler(self.settings, self.channel, sink, self._parser.parse)
             self._server = await start_server(self.settings, self.handler)
             log.info("email channel %s listening for SMTP on port %s", self.instance_name, self.port)
         if self.settings.imap is not None:
             if self._store is None:
                 raise TransientError("the IMAP mailbox needs the store: call bind_store() before start()")
-            self.poller = ImapPoller(self.settings, self.channel, self._ingest, self._store)
+            self.poller = ImapPoller(self.settings, self.channel, sink, self._store)
             task = asyncio.create_task(self.poller.run(self._stop), name=f"imap-{self.instance_name}")
             self._tasks.append(task)
 

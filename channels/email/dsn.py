@@ -3,7 +3,9 @@
 A DSN arrives as ordinary mail from MAILER-DAEMON. What links it to the
 outbound message it reports on is the Message-ID of the returned original
 (in the message/rfc822 or text/rfc822-headers part); the per-recipient
-blocks say which addresses failed, with the remote server's own words.
+blocks say which addresses failed, with the remote server's own words. The DSN is stored
+like any mail, and carries a `DeliveryReport` effect that the ingest applies to the reported
+message in the DSN's own transaction (`report_effect`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from email.policy import compat32
 from typing import Any
 
 from channels.email.headers import decode_value, header_text, message_ids
+from umsg import model
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,27 @@ class DeliveryReport:
             "failed": list(self.failed),
             "recipients": [r.__dict__ for r in self.recipients],
         }
+
+
+def report_effect(dsn: dict[str, Any]) -> model.DeliveryReport | None:
+    """The core's effect for a DSN's meta (`DeliveryReport.as_meta`, plus our id when the
+    returned Message-ID was ours): failed recipients, else a confirmed delivery; None when the
+    report says neither (delayed, relayed)."""
+    recipients = dsn.get("recipients") or []
+    failed = tuple(str(a) for a in dsn.get("failed") or [])
+    outbound = dsn.get("outbound_message_id")
+    ours = int(outbound) if outbound is not None else None
+    theirs = dsn.get("original_message_id")
+    if failed:
+        lowered = {a.lower() for a in failed}
+        words = "; ".join(f"{r.get('address')}: {r.get('status')} {r.get('diagnostic') or ''}".strip()
+                          for r in recipients if str(r.get("address", "")).lower() in lowered)
+        return model.DeliveryReport(status="failed", message_id=ours, provider_id=theirs, failed=failed,
+                                    detail=f"bounced: {words}")
+    if recipients and all(r.get("action") == "delivered" for r in recipients):
+        return model.DeliveryReport(status="delivered", message_id=ours, provider_id=theirs,
+                                    detail="delivered (DSN)")
+    return None
 
 
 def _field(block: Message, name: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,6 @@ async def import_paths(
     project: str = "default",
     own_domain: str | None = None,
     progress: Callable[[ImportSummary], None] | None = None,
-    after_ingest: Callable[[dict[str, Any]], Awaitable[Any]] | None = None,
 ) -> ImportSummary:
     """Ingest every message under `paths`; a message that cannot be stored is listed with its reason."""
     summary = ImportSummary()
@@ -116,9 +115,6 @@ async def import_paths(
                 summary.duplicates += 1
             else:
                 summary.ingested += 1
-                report = inbound.meta.get("delivery_report")
-                if report and after_ingest is not None:
-                    await after_ingest(report)
         finally:
             summary.total += 1
             slots.release()

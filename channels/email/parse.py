@@ -25,13 +25,13 @@ from typing import Any
 
 from channels.email.autoreply import automatic_reason
 from channels.email.charset import decode_text
-from channels.email.dsn import parse_report
+from channels.email.dsn import parse_report, report_effect
 from channels.email.headers import addresses, first_address, header_text, message_ids
 from channels.email.sanitize import sanitize
 from channels.email.thread_hints import build_hints, parse_own_id
 from channels.email.tnef import TnefError, read_tnef
 from umsg.errors import PermanentError
-from umsg.model import Address, IdentityKind, Inbound, InboundPart
+from umsg.model import Address, Effect, IdentityKind, Inbound, InboundPart
 
 RAW_MEDIA_TYPE = "message/rfc822"
 _TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
@@ -149,6 +149,11 @@ def _collect(msg: Message) -> _Bodies:
         role = "inline" if disposition == "inline" or (cid and disposition != "attachment") else "attachment"
         bodies.parts.append(InboundPart(ctype, data, filename, cid, role))
     return bodies
+
+
+def _effects(meta: dict[str, Any]) -> tuple[Effect, ...]:
+    report = report_effect(meta["delivery_report"]) if meta.get("delivery_report") else None
+    return (report,) if report is not None else ()
 
 
 def _sent_at(msg: Message) -> datetime | None:
@@ -306,4 +311,5 @@ def to_inbound(
         thread=hints,
         project=project,
         meta=meta,
+        effects=_effects(meta),
     )

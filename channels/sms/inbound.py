@@ -1,18 +1,18 @@
-"""From a received text to the core: the `Inbound` both SMS transports build, and opt-out handling."""
+"""From a received text to the core: the `Inbound` both SMS transports build, with its opt-out.
+
+An opt-out or opt-in keyword (STOP, 退订, START) travels with the text as an `OptOut`
+effect, which the ingest applies in the text's own transaction: the acknowledgement the
+SMSC gets after the commit covers the opt-out too.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from channels.base import InboundSink
-from channels.sms.optout import opt_change, record_opt
+from channels.sms.optout import opt_change
 from channels.sms.settings import SmsCommon
-from storage.db import SessionFactory
 from umsg.identity import normalise_phone
-from umsg.model import Address, IdentityKind, Inbound, InboundPart, IngestResult, ThreadHints
-
-log = logging.getLogger(__name__)
+from umsg.model import Address, IdentityKind, Inbound, InboundPart, OptOut, ThreadHints
 
 
 def sender_number(value: str, settings: SmsCommon) -> str:
@@ -25,6 +25,7 @@ def sms_inbound(*, channel: str, settings: SmsCommon, sender: str, recipient: st
                 meta: dict[str, Any] | None = None, parts: tuple[InboundPart, ...] = (),
                 flags: dict[str, Any] | None = None) -> Inbound:
     """The `Inbound` of one text; `meta` goes under `sms` in the flags, `flags` at their top."""
+    change = opt_change(text, settings)
     return Inbound(
         channel=channel,
         sender=Address(IdentityKind.PHONE, sender),
@@ -41,17 +42,5 @@ def sms_inbound(*, channel: str, settings: SmsCommon, sender: str, recipient: st
         # `incomplete` also at the top, where agents' views and routes look for message facts.
         meta={"sms": meta or {}, **({"incomplete": True} if (meta or {}).get("incomplete") else {}),
               **(flags or {})},
+        effects=(OptOut(opted_out=change),) if change is not None else (),
     )
-
-
-async def ingest_sms(sink: InboundSink, sessions: SessionFactory | None, settings: SmsCommon,
-                     inbound: Inbound) -> IngestResult:
-    """Hand one text to the core and, once it is committed, apply an opt-out/opt-in keyword."""
-    result = await sink(inbound)
-    change = opt_change(inbound.text, settings)
-    if change is not None and sessions is not None and not result.duplicate:
-        changed = await record_opt(sessions, contact_id=result.contact_id, number=inbound.sender.value,
-                                   opted_out=change)
-        log.info("%s %s (contact %s, %d identities)", inbound.sender.value,
-                 "opted out" if change else "opted back in", result.contact_id, changed)
-    return result

@@ -19,7 +19,7 @@ import time
 from channels.base import InboundSink
 from channels.sms import pdu as P
 from channels.sms.concat import segment_of
-from channels.sms.inbound import ingest_sms, sender_number, sms_inbound
+from channels.sms.inbound import sender_number, sms_inbound
 from channels.sms.pdu import ShortMessage
 from channels.sms.reassembly import Assembled, Reassembler
 from channels.sms.receipts import id_forms, numeric_forms, parse_receipt
@@ -177,5 +177,5 @@ class MoHandler:
                               recipient=destination, text=text, dedupe_key=dedupe_key,
                               raw=json.dumps(raw, sort_keys=True).encode(), raw_media_type=RAW_MEDIA_TYPE,
                               meta=meta)
-        await ingest_sms(self._sink, self._sessions, self.settings, inbound)
+        await self._sink(inbound)
         self.stats["ingested"] += 1

@@ -1,18 +1,15 @@
 """Opt-out and opt-in keywords: a customer's STOP (or 退订) is a fact about their number.
 
-Recorded on the identity the message came from (`Identity.opted_out`); the outbox
-then refuses to queue anything to that number until the customer opts back in.
+The keyword becomes an `OptOut` effect of the text (`channels.sms.inbound`), which the
+ingest records on the identity the message came from, in the text's own transaction; the
+outbox then refuses to queue anything to that number until the customer opts back in.
 """
 
 from __future__ import annotations
 
 import unicodedata
 
-from sqlalchemy import update
-
 from channels.sms.settings import SmsCommon
-from storage.db import SessionFactory
-from storage.models import Identity
 
 
 def keyword_of(text: str | None) -> str:
@@ -35,16 +32,3 @@ def opt_change(text: str | None, settings: SmsCommon) -> bool | None:
     if word in {keyword_of(k) for k in settings.opt_in_keywords}:
         return False
     return None
-
-
-async def record_opt(sessions: SessionFactory, *, contact_id: int, number: str, opted_out: bool) -> int:
-    """Set the opt-out flag of the contact's identity for `number`; returns the rows changed."""
-    async with sessions() as s:
-        result = await s.execute(
-            update(Identity)
-            .where(Identity.contact_id == contact_id, Identity.value == number)
-            .values(opted_out=opted_out)
-            .execution_options(synchronize_session=False)
-        )
-        await s.commit()
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
-from channels.sms.inbound import ingest_sms, sender_number, sms_inbound
+from channels.sms.inbound import sender_number, sms_inbound
 from channels.sms.settings import TwilioSettings
 from channels.sms.twilio_media import fetch_media
 from channels.sms.twilio_sig import is_valid
@@ -115,7 +115,7 @@ class TwilioChannel(ChannelAdapter[TwilioSettings]):
                 raw=(await request.read()), raw_media_type="application/x-www-form-urlencoded", provider_id=sid,
                 meta={"num_segments": params.get("NumSegments"), "num_media": params.get("NumMedia")},
                 parts=media.parts, flags={"media_errors": list(media.errors)} if media.errors else None)
-            await ingest_sms(self._sink, self.services.sessions if self.services else None, self.settings, inbound)
+            await self._sink(inbound)
         except PermanentError as exc:
             log.error("twilio %s: refused inbound %s: %s", self.instance_name, sid, exc)
             raise web.HTTPBadRequest(text=str(exc)) from exc

@@ -70,7 +70,7 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
     def bind(self, services: ChannelServices) -> None:
         email_channel = self._email_channel(services)
         store = ChatStore(services, channel=self.channel, project=self.settings.project,
-                          instance=self.instance_name, email_channel=email_channel)
+                          instance=self.instance_name)
         self._rt = ChatRuntime(settings=self.settings, scope=self.instance_name, channel=self.channel,
                                email_channel=email_channel, store=store, outbox=services.outbox,
                                blobs=services.blobs, events=services.events)

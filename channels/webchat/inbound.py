@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.webchat.ids import dedupe_key, thread_key
-from umsg.model import Address, IdentityKind, Inbound, InboundPart, ThreadHints
+from umsg.model import Address, Effect, IdentityKind, Inbound, InboundPart, ThreadHints
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class Visitor:
 
 
 def to_inbound(visitor: Visitor, *, client_id: str, text: str | None, channel: str, scope: str, project: str,
-               part: InboundPart | None = None, meta: dict[str, Any] | None = None) -> Inbound:
+               part: InboundPart | None = None, meta: dict[str, Any] | None = None,
+               effects: tuple[Effect, ...] = ()) -> Inbound:
     """One visitor message. Every message of a visitor carries the same thread key (and is
     sticky), so they continue one conversation until it is closed."""
     key = thread_key(scope, visitor.visitor_id)
@@ -43,4 +44,5 @@ def to_inbound(visitor: Visitor, *, client_id: str, text: str | None, channel: s
         thread=ThreadHints(own=(key,), refs=(key,), sticky=True),
         project=project,
         meta=facts,
+        effects=effects,
     )

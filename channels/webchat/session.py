@@ -33,7 +33,7 @@ from channels.webchat.protocol import (
 )
 from channels.webchat.runtime import ChatRuntime
 from umsg.errors import PermanentError
-from umsg.model import IngestResult
+from umsg.model import AddIdentity, ContinueOn, Effect, IdentityKind, IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ class ChatSession:
         """Offline: store the message, keep the email, and let the conversation go on by email."""
         assert self.visitor is not None
         self.visitor = replace(self.visitor, email=frame.email, name=frame.name or self.visitor.name)
-        result = await self._ingest(frame.client_id, frame.text, {"webchat_offline": True})
-        await self.rt.store.continue_by_email(result.conversation_id)
+        # Replies go by email from now on: switched in the message's own transaction.
+        result = await self._ingest(frame.client_id, frame.text, {"webchat_offline": True},
+                                    (ContinueOn(self.rt.email_channel, "webchat_offline"),))
         await self._acked(frame.client_id, frame.text, result)
 
     async def typing(self, frame: Typing) -> None:
@@ -180,13 +181,19 @@ class ChatSession:
             raise ProtocolError("no_conversation", "there is no conversation yet: send a message first")
         return self.conn.conversation_id
 
-    async def _ingest(self, client_id: str, text: str, meta: dict[str, Any] | None = None) -> IngestResult:
+    async def _ingest(self, client_id: str, text: str, meta: dict[str, Any] | None = None,
+                      effects: tuple[Effect, ...] = ()) -> IngestResult:
         assert self.visitor is not None
-        rt = self.rt
+        rt, email = self.rt, self.visitor.email
+        if email and self._email_saved != email:
+            # The visitor's email joins their contact with this message, in its transaction.
+            effects = (*effects, AddIdentity(IdentityKind.EMAIL, email, self.visitor.name))
         inbound = to_inbound(self.visitor, client_id=client_id, text=text, channel=rt.channel, scope=rt.scope,
-                             project=rt.settings.project, meta=meta)
+                             project=rt.settings.project, meta=meta, effects=effects)
         try:
-            return await rt.ingest(inbound)
+            result = await rt.ingest(inbound)
+            self._email_saved = email or self._email_saved
+            return result
         except PermanentError as exc:
             raise ProtocolError("rejected", str(exc), client_id) from None
         except Exception as exc:
@@ -201,9 +208,6 @@ class ChatSession:
         rt, conn = self.rt, self.conn
         conn.contact_id, conn.conversation_id = result.contact_id, result.conversation_id
         rt.hub.watch(self.visitor.visitor_id, [result.conversation_id])
-        if self.visitor.email and self._email_saved != self.visitor.email:
-            await rt.store.remember_email(result.contact_id, self.visitor.email, self.visitor.name)
-            self._email_saved = self.visitor.email
         await conn.send({"type": "ack", "client_id": client_id, "id": result.message_id,
                          "conversation_id": result.conversation_id, "duplicate": result.duplicate})
         if not result.duplicate:

@@ -1,7 +1,7 @@
 """What the web chat reads and writes in the store besides ingest (which goes through the sink).
 
 History of a visitor, opening state (hours, available agents), the contact's email,
-switching a conversation to email follow-up, ratings, and the facts the live notices need.
+ratings, and the facts the live notices need.
 Reads use `readers` (no write lock on SQLite); writes are small transactions that add
 their event in the same commit.
 """
@@ -63,13 +63,11 @@ def message_frame(m: Message, author: str | None, files: Sequence[Part]) -> dict
 
 
 class ChatStore:
-    def __init__(self, services: ChannelServices, *, channel: str, project: str, instance: str,
-                 email_channel: str) -> None:
+    def __init__(self, services: ChannelServices, *, channel: str, project: str, instance: str) -> None:
         self._s = services
         self._channel = channel
         self._project = project
         self._instance = instance
-        self._email_channel = email_channel
         self._project_id: int | None = None
 
     async def project_id(self) -> int:
@@ -194,10 +192,6 @@ class ChatStore:
                 return False  # created by someone else meanwhile
         return owner is None or owner == contact_id
 
-    async def continue_by_email(self, conversation_id: int) -> None:
-        """Replies on this conversation now default to the email channel (Outbox uses conv.channel)."""
-        await self._update(conversation_id, {"channel": self._email_channel}, "webchat_offline")
-
     async def rate(self, conversation_id: int, score: int, comment: str | None, now: datetime) -> None:
         """Keep the rating beside the conversation (ChannelState) and tell the inbox (event)."""
         key = f"rating:{conversation_id}"
@@ -233,21 +227,5 @@ class ChatStore:
                 return
             self._s.events.add(s, conv.project_id, "conversation.typing",
                                {"conversation_id": conversation_id, "who": "customer", "on": on})
-            await s.commit()
-        self._s.events.notify()
-
-    async def _update(self, conversation_id: int, values: dict[str, Any], reason: str) -> None:
-        async with self._s.sessions() as s:
-            conv = await s.get(Conversation, conversation_id)
-            if conv is None:
-                return
-            changes = {k: {"from": getattr(conv, k), "to": v} for k, v in values.items() if getattr(conv, k) != v}
-            if not changes:
-                return
-            for k, v in values.items():
-                setattr(conv, k, v)
-            self._s.events.add(s, conv.project_id, "conversation.updated",
-                               {"conversation_id": conversation_id, "changes": changes, "by": "visitor",
-                                "reason": reason})
             await s.commit()
         self._s.events.notify()

@@ -69,7 +69,6 @@ def _email_channel(settings: Any, name: str | None) -> tuple[str, str | None]:
 
 async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     from channels.email.importer import count, import_paths
-    from channels.email.store import EmailStore
     from channels.registry import ChannelRegistry
     from umsg.core import Core
 
@@ -81,11 +80,9 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     core = await Core.open(settings, channels=ChannelRegistry().instances(settings.channels))
     try:
         await core.start()
-        store = EmailStore(core.sessions)
         summary = await import_paths(list(args.paths), core.ingest.ingest, channel=channel,
                                      project=settings.project, own_domain=domain,
-                                     progress=_Progress(total, sys.stderr),
-                                     after_ingest=store.apply_delivery_report)
+                                     progress=_Progress(total, sys.stderr))
     finally:
         await core.aclose()
     return summary.as_json()

@@ -1,4 +1,8 @@
-"""Route actions that need the ORM, for the few messages whose route asks for them.
+"""What needs the ORM, for the few messages that ask for it: effects, then route actions.
+
+A message's effects (`umsg.ingest.effects`: opt-out, delivery report, another identity,
+a channel switch) are applied first, so an auto-reply to a STOP is refused like any
+other message to an opted-out number.
 
 Auto-replies, forwards and a preferred agent's pin go through `umsg.routing.actions`
 and `umsg.outbound` (ORM code shared with the agents' replies), inside the
@@ -15,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Contact, Conversation, Message, QueueItem
 from umsg.events import EventLog
+from umsg.ingest import effects
 from umsg.ingest.rows import Work
 from umsg.instances import ChannelInstances
 from umsg.routing import actions
@@ -22,13 +27,18 @@ from umsg.routing import actions
 
 async def run(session: AsyncSession, events: EventLog, work: Work, now: datetime,
               channels: ChannelInstances) -> None:
-    """Carry out `work`'s auto-reply, forward and preferred-agent pin (its rows are written)."""
+    """Apply `work`'s effects, then carry out its auto-reply, forward and preferred-agent pin
+    (its rows are written)."""
+    msg = await session.get(Message, work.message_id)
+    assert msg is not None
+    await effects.apply_all(session, events, work, msg, now)
+    if not work.route_actions:
+        return
     d, conv_row, contact_row = work.decision, work.conversation, work.contact
     assert d is not None and conv_row is not None and contact_row is not None
     conv = await session.get(Conversation, conv_row.id)
     contact = await session.get(Contact, contact_row.id)
-    msg = await session.get(Message, work.message_id)
-    assert conv is not None and msg is not None
+    assert conv is not None
     if d.reply is not None:
         await actions.send_auto_reply(session, events, decision=d, conversation=conv, contact=contact,
                                       message=msg, meta=work.prepared.inbound.meta, now=now, channels=channels)

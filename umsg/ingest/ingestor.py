@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 from sqlalchemy import select
@@ -31,7 +31,8 @@ class Ingestor:
 
     def __init__(self, sessions: SessionFactory, readers: SessionFactory, blobs: BlobStore,
                  converters: ConverterRegistry, routes: RouteBook, events: EventLog, queue: Queue,
-                 settings: IngestSettings, steps: Sequence[Step] = STEPS) -> None:
+                 settings: IngestSettings, steps: Sequence[Step] = STEPS,
+                 after_commit: Callable[[Sequence[Inbound]], None] | None = None) -> None:
         self._sessions = sessions
         self._readers = readers
         self._blobs = blobs
@@ -43,7 +44,7 @@ class Ingestor:
         self._projects: dict[str, int] = {}
         self._pool: Executor | None = None
         # The queue's rows are written by the writer in bulk (persist), with the same columns and event.
-        self._writer = GroupWriter(sessions, steps, routes, events, settings, events.notify)
+        self._writer = GroupWriter(sessions, steps, routes, events, settings, events.notify, after_commit)
 
     @property
     def stats(self) -> dict[str, int]:

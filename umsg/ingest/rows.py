@@ -99,8 +99,13 @@ class Work:
     queue_item_id: int | None = None
 
     @property
-    def needs_orm(self) -> bool:
-        """Whether route actions must run through the ORM (auto-reply, forward, preferred agent)."""
+    def route_actions(self) -> bool:
+        """Whether the route asks for actions beyond enqueueing (auto-reply, forward, preferred agent)."""
         d = self.decision
         return d is not None and d.action != "drop" and (
             d.reply is not None or d.forward is not None or (self.enqueue and d.preferred is not None))
+
+    @property
+    def needs_orm(self) -> bool:
+        """Whether `followup` must run for this message: route actions or the message's effects."""
+        return self.route_actions or bool(self.prepared.inbound.effects)

@@ -3,7 +3,8 @@
 Callers hand over a prepared message and wait; the writer takes whatever has
 queued up (up to `batch_max`), reads what the batch needs in bulk, runs the
 steps for each message in memory, writes all rows with one statement per
-table (`persist`), runs the rare ORM route actions (`followup`), commits
+table (`persist`), runs the rare ORM work (`followup`: the messages' effects such as an
+opt-out or a delivery report, and route actions), commits
 once, and only then wakes the callers. On SQLite the batch's BEGIN IMMEDIATE
 rides with its first read and, when no ORM action runs, COMMIT with its last
 write (`Bulk`), so a batch costs three round trips to the driver's thread, not five. A small
@@ -23,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from storage.bulk import Bulk
-from storage.db import SessionFactory, writer_connection
+from storage.db import HeldConnection, SessionFactory
 from storage.types import utcnow
 from umsg.config import IngestSettings
 from umsg.errors import TransientError, UmsgError
@@ -37,7 +38,7 @@ from umsg.ingest.prepare import Prepared
 from umsg.ingest.preread import PreReader
 from umsg.ingest.rows import Work
 from umsg.ingest.steps import Ctx, DuplicateMessage, Step
-from umsg.model import IngestResult
+from umsg.model import Inbound, IngestResult
 from umsg.routing.book import RouteBook
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,18 @@ class _Pending:
 
 class GroupWriter:
     def __init__(self, sessions: SessionFactory, steps: Sequence[Step], routes: RouteBook,
-                 events: EventLog, settings: IngestSettings, on_commit: Callable[[], None]) -> None:
+                 events: EventLog, settings: IngestSettings, on_commit: Callable[[], None],
+                 after_commit: Callable[[Sequence[Inbound]], None] | None = None) -> None:
         self._sessions = sessions
         self._steps = tuple(steps)
         self._routes = routes
         self._events = events
         self._settings = settings
         self._on_commit = on_commit
+        self._after_commit = after_commit  # a failpoint of crash tests (umsg.failpoints); None in service
         self._reader = PreReader()
         self._bulk = Bulk()
-        self._conn: AsyncConnection | None = None  # held across batches; replaced when it breaks
+        self._conn = HeldConnection(sessions, "the ingest writer")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self.stats = {"ingested": 0, "duplicates": 0, "failed": 0, "batches": 0}
@@ -84,7 +87,7 @@ class GroupWriter:
         except asyncio.CancelledError:
             pass
         self._task = None
-        await self._drop_connection()
+        await self._conn.drop()
 
     async def submit(self, prepared: Prepared, project_id: int) -> IngestResult:
         if self._queue is None:
@@ -151,7 +154,7 @@ class GroupWriter:
         outcomes: list[tuple[_Pending, Work | DuplicateMessage]] = []
         committed = False
         try:
-            conn = await self._connection()
+            conn = await self._conn.get()
             async with conn.begin():
                 session = self._sessions(bind=conn, autoflush=False)
                 try:
@@ -163,11 +166,10 @@ class GroupWriter:
                     # transaction's bookkeeping, whose COMMIT finds nothing left to do.
                     self._answer(outcomes)
         except Exception as exc:
-            if self._conn is not None and self._conn.invalidated:
-                await self._drop_connection()
+            await self._conn.drop(only_if_broken=True)
             if committed:  # the rows are durable and their callers answered; only the bookkeeping failed
                 log.warning("closing a committed ingest transaction failed: %r", exc)
-                await self._drop_connection()
+                await self._conn.drop()
                 return
             raise _BatchFailed(exc) from exc
         if not committed:
@@ -177,6 +179,8 @@ class GroupWriter:
         """The batch is committed: wake its callers."""
         self.stats["batches"] += 1
         self._on_commit()
+        if self._after_commit is not None:
+            self._after_commit([p.prepared.inbound for p, _ in outcomes])
         for p, outcome in outcomes:
             if p.future.done():
                 continue
@@ -222,21 +226,6 @@ class GroupWriter:
         await session.flush()
         return False
 
-    async def _connection(self) -> AsyncConnection:
-        if self._conn is None:
-            engine = self._sessions.kw.get("bind")
-            if not isinstance(engine, AsyncEngine):
-                raise TypeError("the ingest writer needs sessions bound to an AsyncEngine")
-            self._conn = await writer_connection(engine)
-        return self._conn
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone either way
-                log.debug("closing the ingest writer's connection failed", exc_info=True)
 
 class _BatchFailed(UmsgError):
     def __init__(self, cause: BaseException) -> None:
