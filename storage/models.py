@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from storage.states import ConversationStatus, JobStatus, MessageStatus, OfferStatus, QueueItemStatus
 from storage.types import BigId, UTCDateTime, utcnow
 
 # Explicit constraint names keep Alembic migrations identical on both databases.
@@ -113,7 +114,7 @@ class Conversation(Base):
     contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contact.id"))
     channel: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[str] = mapped_column(String(16), default=ConversationStatus.OPEN)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     queue: Mapped[str | None] = mapped_column(String(100))
     sla_due_at: Mapped[datetime | None] = mapped_column()
@@ -157,8 +158,7 @@ class Message(Base):
     html: Mapped[str | None] = mapped_column(Text)  # sanitised for display
     provider_id: Mapped[str | None] = mapped_column(String(200), index=True)
     dedupe_key: Mapped[str] = mapped_column(String(500))
-    # received | queued | sending | sent | delivered | failed
-    status: Mapped[str] = mapped_column(String(16), default="received")
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.RECEIVED)  # storage.states
     status_detail: Mapped[str | None] = mapped_column(Text)
     author_agent_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("agent.id"))
     flags: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -267,8 +267,7 @@ class QueueItem(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     skills: Mapped[dict[str, Any]] = mapped_column(default=dict)  # skill name -> min proficiency
     route: Mapped[str | None] = mapped_column(String(100))
-    # waiting | leased | done | dead
-    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    status: Mapped[str] = mapped_column(String(16), default=QueueItemStatus.WAITING)
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
     sla_due_at: Mapped[datetime | None] = mapped_column()
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -288,8 +287,7 @@ class Job(Base):
     project_id: Mapped[int] = _project_fk()
     kind: Mapped[str] = mapped_column(String(50))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # pending | leased | done | dead
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=8)
     run_after: Mapped[datetime] = mapped_column(default=utcnow)
@@ -372,8 +370,7 @@ class RouterOffer(Base):
     item_id: Mapped[int] = mapped_column(BigId, ForeignKey("queue_item.id"))
     conversation_id: Mapped[int] = mapped_column(BigId, ForeignKey("conversation.id"))
     agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agent.id"), index=True)
-    # offered | accepted | declined | timed_out | revoked
-    status: Mapped[str] = mapped_column(String(16), default="offered")
+    status: Mapped[str] = mapped_column(String(16), default=OfferStatus.OFFERED)
     why: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import SessionFactory, read_sessions_for
 from storage.models import Job
+from storage.states import JobStatus
 from storage.types import utcnow
 from umsg.errors import Conflict
 
@@ -84,7 +85,7 @@ class ChannelJobs:
             if unique is not None and await self._exists(s, kind, unique, payload[unique]):
                 return None
             job_id = await s.scalar(insert(_JOB).values(
-                project_id=project_id, kind=kind, payload=dict(payload), status="pending", attempts=0,
+                project_id=project_id, kind=kind, payload=dict(payload), status=JobStatus.PENDING, attempts=0,
                 max_attempts=max_attempts, run_after=run_after or self._clock(), updated_at=self._clock(),
             ).returning(_JOB.c.id))
             await s.commit()
@@ -109,8 +110,8 @@ class ChannelJobs:
         """Lease the oldest due job of `kind` (pending and due, or leased with its lease run out)."""
         _channel_kind(kind)
         now = self._clock()
-        claimable = and_(_JOB.c.kind == kind, or_(and_(_JOB.c.status == "pending", _JOB.c.run_after <= now),
-                                                  and_(_JOB.c.status == "leased", _JOB.c.lease_until < now)))
+        claimable = and_(_JOB.c.kind == kind, or_(and_(_JOB.c.status == JobStatus.PENDING, _JOB.c.run_after <= now),
+                                                  and_(_JOB.c.status == JobStatus.LEASED, _JOB.c.lease_until < now)))
         # Workers poll, and mostly find nothing: look first without taking SQLite's write lock.
         async with self._readers() as s:
             if await s.scalar(select(_JOB.c.id).where(claimable).limit(1)) is None:
@@ -126,11 +127,11 @@ class ChannelJobs:
             row = due.first()
             if row is None:
                 return None
-            recovered = row.status == "leased"
+            recovered = row.status == JobStatus.LEASED
             error = f"lease expired (held by {row.lease_owner})" if recovered else row.last_error
             leased = (await s.execute(
                 update(_JOB).where(_JOB.c.id == row.id)
-                .values(status="leased", lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
+                .values(status=JobStatus.LEASED, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
                         attempts=_JOB.c.attempts + 1, last_error=error, updated_at=now)
                 .returning(_JOB.c.project_id, _JOB.c.payload, _JOB.c.attempts, _JOB.c.max_attempts,
                            _JOB.c.lease_until)
@@ -143,28 +144,28 @@ class ChannelJobs:
                     payload: Mapping[str, Any] | None = None) -> datetime:
         """Extend the lease (and replace the payload when given); the new end of the lease."""
         until = self._clock() + timedelta(seconds=lease_seconds)
-        await self._settle(job_id, owner, payload, status="leased", lease_until=until)
+        await self._settle(job_id, owner, payload, status=JobStatus.LEASED, lease_until=until)
         return until
 
     async def retry(self, job_id: int, owner: str, run_after: datetime, error: str, *,
                     payload: Mapping[str, Any] | None = None) -> None:
         """Hand the job back, due again at `run_after`, with the reason this attempt failed."""
-        await self._settle(job_id, owner, payload, status="pending", run_after=run_after, last_error=error,
+        await self._settle(job_id, owner, payload, status=JobStatus.PENDING, run_after=run_after, last_error=error,
                            lease_owner=None, lease_until=None)
 
     async def finish(self, job_id: int, owner: str, *, payload: Mapping[str, Any] | None = None) -> None:
         """The job is done."""
-        await self._settle(job_id, owner, payload, status="done", lease_until=None)
+        await self._settle(job_id, owner, payload, status=JobStatus.DONE, lease_until=None)
 
     async def fail(self, job_id: int, owner: str, error: str, *, payload: Mapping[str, Any] | None = None) -> None:
         """The job is dead: it will not be tried again, for `error`."""
-        await self._settle(job_id, owner, payload, status="dead", last_error=error, lease_until=None)
+        await self._settle(job_id, owner, payload, status=JobStatus.DEAD, last_error=error, lease_until=None)
 
     async def unfinished(self, kind: str) -> int:
         """How many jobs of `kind` are pending or leased."""
         async with self._readers() as s:
             count = await s.scalar(select(func.count()).select_from(_JOB).where(
-                _JOB.c.kind == kind, _JOB.c.status.in_(("pending", "leased"))))
+                _JOB.c.kind == kind, _JOB.c.status.in_((JobStatus.PENDING, JobStatus.LEASED))))
         return int(count or 0)
 
     async def _settle(self, job_id: int, owner: str, payload: Mapping[str, Any] | None, **values: Any) -> None:
@@ -173,7 +174,7 @@ class ChannelJobs:
         async with self._sessions() as s:
             held = await s.scalar(
                 update(_JOB)
-                .where(_JOB.c.id == job_id, _JOB.c.status == "leased", _JOB.c.lease_owner == owner)
+                .where(_JOB.c.id == job_id, _JOB.c.status == JobStatus.LEASED, _JOB.c.lease_owner == owner)
                 .values(updated_at=self._clock(), **values)
                 .returning(_JOB.c.id)
             )

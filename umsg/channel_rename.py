@@ -40,6 +40,7 @@ from storage.models import (
     QueueItem,
     StoredRouteTable,
 )
+from storage.states import JobStatus
 from storage.types import utcnow
 from umsg.events import add_event
 
@@ -175,7 +176,7 @@ async def unconfigured_deliveries(readers: SessionFactory, configured: Collectio
     """Queued deliveries whose channel no configured instance has: channel -> how many."""
     async with readers() as s:
         payloads = (await s.scalars(select(Job.payload).where(
-            Job.kind == "deliver", Job.status.in_(("pending", "leased"))).limit(limit))).all()
+            Job.kind == "deliver", Job.status.in_((JobStatus.PENDING, JobStatus.LEASED))).limit(limit))).all()
         ids = [int(p["message_id"]) for p in payloads if isinstance(p, dict) and p.get("message_id") is not None]
         counts: dict[str, int] = {}
         for start in range(0, len(ids), 500):

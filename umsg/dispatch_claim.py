@@ -21,6 +21,7 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Job
+from storage.states import JobStatus, MessageStatus
 from umsg.dispatch_status import StatusChange, set_statuses
 
 _JOB = cast(Table, Job.__table__)
@@ -49,7 +50,7 @@ async def claim(s: AsyncSession, *, owner: str, now: datetime, lease: timedelta,
     """
     due = (
         select(_JOB.c.id)
-        .where(_JOB.c.status == "pending", _JOB.c.kind == "deliver", _JOB.c.run_after <= now)
+        .where(_JOB.c.status == JobStatus.PENDING, _JOB.c.kind == "deliver", _JOB.c.run_after <= now)
         .order_by(_JOB.c.run_after, _JOB.c.id)
         .limit(limit)
     )
@@ -57,8 +58,8 @@ async def claim(s: AsyncSession, *, owner: str, now: datetime, lease: timedelta,
         due = due.with_for_update(skip_locked=True)
     stmt = (
         update(_JOB)
-        .where(_JOB.c.id.in_(due.scalar_subquery()), _JOB.c.status == "pending")
-        .values(status="leased", lease_owner=owner, lease_until=now + lease, updated_at=now)
+        .where(_JOB.c.id.in_(due.scalar_subquery()), _JOB.c.status == JobStatus.PENDING)
+        .values(status=JobStatus.LEASED, lease_owner=owner, lease_until=now + lease, updated_at=now)
         .returning(_JOB.c.id, _JOB.c.project_id, _JOB.c.payload, _JOB.c.attempts, _JOB.c.max_attempts)
     )
     rows = (await s.execute(stmt)).all()
@@ -69,8 +70,9 @@ async def claim(s: AsyncSession, *, owner: str, now: datetime, lease: timedelta,
     )
     await set_statuses(
         s,
-        [StatusChange(c.project_id, c.message_id, "sending", None) for c in claimed if c.message_id is not None],
-        expect="queued",
+        [StatusChange(c.project_id, c.message_id, MessageStatus.SENDING, None)
+         for c in claimed if c.message_id is not None],
+        expect=MessageStatus.QUEUED,
     )
     return claimed
 
@@ -87,7 +89,7 @@ async def recover_expired(s: AsyncSession, *, now: datetime, limit: int) -> int:
             select(_JOB.c.id, _JOB.c.project_id, _JOB.c.payload, _JOB.c.lease_owner, _JOB.c.attempts,
                    _JOB.c.max_attempts)
             # Channels' jobs (umsg.channel_jobs) share the table: their owners recover those.
-            .where(_JOB.c.kind == "deliver", _JOB.c.status == "leased", _JOB.c.lease_until < now)
+            .where(_JOB.c.kind == "deliver", _JOB.c.status == JobStatus.LEASED, _JOB.c.lease_until < now)
             .order_by(_JOB.c.lease_until)
             .limit(limit)
         )
@@ -99,9 +101,9 @@ async def recover_expired(s: AsyncSession, *, now: datetime, limit: int) -> int:
         reason = f"lease expired (held by {old_owner})"
         taken = await s.execute(
             update(_JOB)
-            .where(_JOB.c.id == job_id, _JOB.c.status == "leased", _JOB.c.lease_owner == old_owner,
+            .where(_JOB.c.id == job_id, _JOB.c.status == JobStatus.LEASED, _JOB.c.lease_owner == old_owner,
                    _JOB.c.lease_until < now)
-            .values(status="dead" if dead else "pending", attempts=attempts + 1, lease_owner=None,
+            .values(status=JobStatus.DEAD if dead else JobStatus.PENDING, attempts=attempts + 1, lease_owner=None,
                     lease_until=None, run_after=now, last_error=reason, updated_at=now)
             .returning(_JOB.c.id)
         )
@@ -111,6 +113,7 @@ async def recover_expired(s: AsyncSession, *, now: datetime, limit: int) -> int:
         message_id = _message_id(payload)
         if message_id is not None:
             detail = f"gave up after {attempts + 1} attempts: {reason}" if dead else f"retrying: {reason}"
-            changes.append(StatusChange(project_id, message_id, "failed" if dead else "queued", detail))
+            status = MessageStatus.FAILED if dead else MessageStatus.QUEUED
+            changes.append(StatusChange(project_id, message_id, status, detail))
     await set_statuses(s, changes)
     return recovered

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import SessionFactory
 from storage.models import Job
+from storage.states import JobStatus, MessageStatus
 from umsg.dispatch_claim import Claimed
 from umsg.dispatch_status import StatusChange, set_statuses
 from umsg.events import EventLog
@@ -32,7 +33,7 @@ _JOB = cast(Table, Job.__table__)
 # The batch's jobs still leased to us, read under the write lock (see dispatch_status), then each
 # settled by one row of an executemany: statements built once, whatever the batch holds.
 _HELD = (select(_JOB.c.id, _JOB.c.attempts, _JOB.c.run_after)
-         .where(_JOB.c.id.in_(bindparam("ids", expanding=True)), _JOB.c.status == "leased",
+         .where(_JOB.c.id.in_(bindparam("ids", expanding=True)), _JOB.c.status == JobStatus.LEASED,
                 _JOB.c.lease_owner == bindparam("owner"))
          .with_for_update())
 _SETTLE = update(_JOB).where(_JOB.c.id == bindparam("_id")).values(
@@ -70,14 +71,14 @@ class _Plan:
 def _plan(job: Claimed, result: DeliveryResult, now: datetime) -> _Plan:
     attempts = job.attempts + 1
     if result.status in (DeliveryStatus.ACCEPTED, DeliveryStatus.DELIVERED):
-        msg_status = "sent" if result.status is DeliveryStatus.ACCEPTED else "delivered"
-        return _Plan("done", None, None, msg_status, result.detail or None, result.provider_id)
+        msg_status = MessageStatus.SENT if result.status is DeliveryStatus.ACCEPTED else MessageStatus.DELIVERED
+        return _Plan(JobStatus.DONE, None, None, msg_status, result.detail or None, result.provider_id)
     if result.status is DeliveryStatus.TRANSIENT_FAILURE and attempts < job.max_attempts:
-        return _Plan("pending", result.detail, now + backoff(attempts), "queued",
+        return _Plan(JobStatus.PENDING, result.detail, now + backoff(attempts), MessageStatus.QUEUED,
                      f"retrying after attempt {attempts}: {result.detail}", None)
     transient = result.status is DeliveryStatus.TRANSIENT_FAILURE
     detail = f"gave up after {attempts} attempts: {result.detail}" if transient else result.detail
-    return _Plan("dead", result.detail, None, "failed", detail, None)
+    return _Plan(JobStatus.DEAD, result.detail, None, MessageStatus.FAILED, detail, None)
 
 
 class ResultRecorder:

@@ -22,6 +22,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Event, Message
+from storage.states import MessageStatus
 from umsg.status import next_status
 
 _MESSAGE = cast(Table, Message.__table__)
@@ -79,7 +80,7 @@ async def set_statuses(s: AsyncSession, changes: Sequence[StatusChange], *, expe
             continue
         if expect is not None and now.status != expect:
             continue
-        sent = c.at if c.at is not None and c.status in ("sent", "delivered") else now.sent_at
+        sent = c.at if c.at is not None and c.status in (MessageStatus.SENT, MessageStatus.DELIVERED) else now.sent_at
         writes.append({"_id": mid, "b_status": c.status, "b_detail": c.detail,
                        "b_provider": c.provider_id or now.provider_id, "b_sent": sent})
         payload: dict[str, Any] = {"message_id": mid, "conversation_id": now.conversation_id, "status": c.status}

@@ -14,17 +14,6 @@ from datetime import datetime
 from typing import Any
 
 
-class Channel(enum.StrEnum):
-    """The channels the product knows; adapters may add their own names."""
-
-    EMAIL = "email"
-    SMS = "sms"
-    WEBCHAT = "webchat"
-    VOICEMAIL = "voicemail"
-    FAX = "fax"
-    API = "api"
-
-
 class IdentityKind(enum.StrEnum):
     """How a contact can be reached; values are stored normalised."""
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import aliased
 from storage.blobs import BlobStore
 from storage.db import SessionFactory
 from storage.models import Conversation, Event, Identity, Job, Message, Part
+from storage.states import MessageStatus
 from storage.types import utcnow
 from umsg.dispatch import Dispatcher, OutboundAdapter
 from umsg.errors import NotFound, PermanentError
@@ -265,7 +266,7 @@ async def _message_values(
         "text": text,
         "html": html,
         "dedupe_key": f"out:{uuid.uuid4().hex}",
-        "status": "queued",
+        "status": MessageStatus.QUEUED,
         "author_agent_id": agent_id,
         "flags": {**(flags or {}), **({"automatic": True} if automatic else {})},
         "created_at": now,

@@ -28,6 +28,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from storage.db import SessionFactory
 from storage.models import QueueItem
+from storage.states import QueueItemStatus
 from storage.types import utcnow
 from umsg.config import QueueSettings
 from umsg.errors import Conflict, NotFound, TransientError
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Clock = Callable[[], datetime]
 
-STATUSES = ("waiting", "leased", "done", "dead")
 # How often an operation is retried after losing a compare-and-swap race.
 _MAX_ROUNDS = 200
 # SQLite already waited busy_timeout before saying "locked"; retry only briefly.
@@ -132,8 +132,8 @@ class Queue:
         now = now or self._clock()
         facts = dict(conversation_id=conversation_id, message_id=message_id, queue=queue, channel=channel,
                      priority=priority, route=route)
-        item = QueueItem(project_id=project_id, skills=dict(skills or {}), status="waiting", enqueued_at=now,
-                         sla_due_at=sla_due_at, attempts=0, updated_at=now, **facts)
+        item = QueueItem(project_id=project_id, skills=dict(skills or {}), status=QueueItemStatus.WAITING,
+                         enqueued_at=now, sla_due_at=sla_due_at, attempts=0, updated_at=now, **facts)
         session.add(item)
         self._events.add(session, project_id, "queue.enqueued", facts)
         return item
@@ -161,7 +161,8 @@ class Queue:
                 item = await s.scalar(ready.limit(1).with_for_update(skip_locked=True))
                 if item is None:
                     return None
-                item.status, item.lease_owner, item.lease_until, item.updated_at = "leased", owner, until, t
+                item.status, item.lease_owner = QueueItemStatus.LEASED, owner
+                item.lease_until, item.updated_at = until, t
             else:
                 ids = list(
                     (await s.scalars(ready.with_only_columns(QueueItem.id).limit(_CLAIM_CANDIDATES))).all()
@@ -184,10 +185,10 @@ class Queue:
         async def op(s: AsyncSession) -> QueueItem:
             t = now or self._clock()
             item = await self._load(s, item_id)
-            if item.status != "waiting":
+            if item.status != QueueItemStatus.WAITING:
                 raise Conflict(f"queue item {item_id} is {item.status}, not waiting")
             until = t + self._lease(lease_seconds)
-            await self._cas(s, item, status="leased", lease_owner=owner, lease_until=until, updated_at=t)
+            await self._cas(s, item, status=QueueItemStatus.LEASED, lease_owner=owner, lease_until=until, updated_at=t)
             self._events.add(s, item.project_id, "queue.claimed", _payload(item, owner=owner))
             await s.commit()
             self._events.notify()
@@ -201,8 +202,8 @@ class Queue:
         for item_id in ids:
             res = await s.execute(
                 update(QueueItem)
-                .where(QueueItem.id == item_id, QueueItem.status == "waiting")
-                .values(status="leased", lease_owner=owner, lease_until=until, updated_at=now)
+                .where(QueueItem.id == item_id, QueueItem.status == QueueItemStatus.WAITING)
+                .values(status=QueueItemStatus.LEASED, lease_owner=owner, lease_until=until, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             if _rowcount(res) == 1:
@@ -216,13 +217,13 @@ class Queue:
 
     async def complete(self, item_id: int, owner: str, *, now: datetime | None = None) -> QueueItem:
         """The work is done: the item leaves the queue."""
-        done: _Decision = ({"status": "done", "lease_until": None}, "queue.completed", {})
+        done: _Decision = ({"status": QueueItemStatus.DONE, "lease_until": None}, "queue.completed", {})
         return await self._held(item_id, owner, now, lambda item, t: done)
 
     async def release(self, item_id: int, owner: str, *, now: datetime | None = None) -> QueueItem:
         """Give the item back untouched (declined offer): it waits again with its original age."""
-        back: _Decision = ({"status": "waiting", "lease_owner": None, "lease_until": None}, "queue.released",
-                           {"reason": "released", "owner": owner})
+        back: _Decision = ({"status": QueueItemStatus.WAITING, "lease_owner": None, "lease_until": None},
+                           "queue.released", {"reason": "released", "owner": owner})
         return await self._held(item_id, owner, now, lambda item, t: back)
 
     async def fail(
@@ -234,10 +235,10 @@ class Queue:
             attempts = item.attempts + 1
             values: dict[str, Any] = {"attempts": attempts, "last_error": reason, "lease_until": None}
             if permanent or attempts >= self._settings.max_attempts:
-                values["status"] = "dead"
+                values["status"] = QueueItemStatus.DEAD
                 why = "permanent failure" if permanent else f"failed {attempts} times"
                 return values, "queue.dead", {"reason": reason, "why": why, "owner": owner}
-            values.update(status="waiting", lease_owner=None)
+            values.update(status=QueueItemStatus.WAITING, lease_owner=None)
             return values, "queue.released", {"reason": reason, "owner": owner}
 
         return await self._held(item_id, owner, now, decide)
@@ -255,7 +256,7 @@ class Queue:
         async def op(s: AsyncSession) -> QueueItem:
             t = now or self._clock()
             item = await self._load(s, item_id)
-            if item.status != "leased":
+            if item.status != QueueItemStatus.LEASED:
                 raise Conflict(f"queue item {item_id} is {item.status}, not leased")
             if item.lease_owner != owner:
                 raise Conflict(f"queue item {item_id} is leased by {item.lease_owner!r}, not {owner!r}")
@@ -304,7 +305,7 @@ class Queue:
 
         async def op(s: AsyncSession) -> int:
             t = now or self._clock()
-            leased = (QueueItem.status == "leased", QueueItem.lease_until < t)
+            leased = (QueueItem.status == QueueItemStatus.LEASED, QueueItem.lease_until < t)
             expired = select(QueueItem.id, QueueItem.lease_owner).where(*leased)
             expired = expired.order_by(QueueItem.lease_until)
             recovered = 0
@@ -312,7 +313,7 @@ class Queue:
                 res = await s.execute(
                     update(QueueItem)
                     .where(QueueItem.id == item_id, QueueItem.lease_owner == old_owner, *leased)
-                    .values(status="waiting", lease_owner=None, lease_until=None, updated_at=t,
+                    .values(status=QueueItemStatus.WAITING, lease_owner=None, lease_until=None, updated_at=t,
                             attempts=QueueItem.attempts + 1,
                             last_error=f"lease expired (held by {old_owner})")
                     .execution_options(synchronize_session=False)
@@ -360,7 +361,7 @@ class Queue:
     ) -> QueueStats:
         """Item counts by status and the age in seconds of the oldest waiting item."""
         counts = select(QueueItem.status, func.count()).group_by(QueueItem.status)
-        oldest = select(func.min(QueueItem.enqueued_at)).where(QueueItem.status == "waiting")
+        oldest = select(func.min(QueueItem.enqueued_at)).where(QueueItem.status == QueueItemStatus.WAITING)
         if project_ids is not None:
             counts = counts.where(QueueItem.project_id.in_(list(project_ids)))
             oldest = oldest.where(QueueItem.project_id.in_(list(project_ids)))
@@ -368,9 +369,9 @@ class Queue:
             by_status = {str(st): int(n) for st, n in (await s.execute(counts)).all()}
             first: datetime | None = await s.scalar(oldest)
         age = None if first is None else max(0.0, ((now or self._clock()) - first).total_seconds())
-        n = {status: by_status.get(status, 0) for status in STATUSES}
-        return QueueStats(waiting=n["waiting"], leased=n["leased"], done=n["done"], dead=n["dead"],
-                          oldest_waiting_seconds=age)
+        n = {status: by_status.get(status, 0) for status in QueueItemStatus}
+        return QueueStats(waiting=n[QueueItemStatus.WAITING], leased=n[QueueItemStatus.LEASED],
+                          done=n[QueueItemStatus.DONE], dead=n[QueueItemStatus.DEAD], oldest_waiting_seconds=age)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -384,7 +385,7 @@ class Queue:
     def _ready(project_ids: Collection[int] | None, queue: str | Collection[str] | None) -> Select[QueueItem]:
         stmt = (
             select(QueueItem)
-            .where(QueueItem.status == "waiting")
+            .where(QueueItem.status == QueueItemStatus.WAITING)
             .order_by(QueueItem.priority.desc(), QueueItem.enqueued_at.asc(), QueueItem.id.asc())
         )
         if project_ids is not None:

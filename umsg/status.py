@@ -1,4 +1,4 @@
-"""The states of a message and the one rule for moving an outgoing message between them.
+"""The one rule for moving an outgoing message between its states (`storage.states.MessageStatus`).
 
 The dispatcher (sending, sent, failed), SMS receipts and email delivery reports all move
 messages with `next_status`, so they agree: a message the peer reported `delivered` or
@@ -9,19 +9,9 @@ it is but is recorded as such (`Move.late_failure`).
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
-
-class MessageStatus(enum.StrEnum):
-    RECEIVED = "received"  # an inbound message
-    QUEUED = "queued"  # outbound, waiting for the dispatcher (also after a transient failure)
-    SENDING = "sending"  # claimed by a dispatcher
-    SENT = "sent"  # the peer accepted it
-    DELIVERED = "delivered"
-    READ = "read"
-    FAILED = "failed"  # the peer, or we, gave up
-
+from storage.states import MessageStatus
 
 # How far a message has provably got; a report never takes it back below this.
 _REACHED = {MessageStatus.DELIVERED: 1, MessageStatus.READ: 2}

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from storage.models import Conversation, Event, Identity, Message
+from storage.states import MessageStatus
 from umsg.core import Core
 from umsg.model import (
     AddIdentity,
@@ -26,7 +27,7 @@ from umsg.model import (
     OptOut,
     ThreadHints,
 )
-from umsg.status import MessageStatus, next_status
+from umsg.status import next_status
 
 
 def inbound(key: str, *, sender: str = "alice@example.com", kind: IdentityKind = IdentityKind.EMAIL,

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.bulk import Bulk
 from storage.models import Contact
-from umsg.ingest.preread import ID_TABLES, OPEN_STATES, PreReader
+from storage.states import OPEN_CONVERSATION
+from umsg.ingest.preread import ID_TABLES, PreReader
 from umsg.ingest.rows import ContactRow, ConvRow, StoredMessage, Work
 from umsg.routing.table import RouteTable
 
@@ -86,18 +87,20 @@ class BatchState:
                                  kinds={w.kind for w in wants}, senders={w.sender for w in wants},
                                  refs={k for w in wants for k in (*w.refs, *w.own)}, upper=upper, begin=begin)
         drawn: list[list[int]] = [[] for _ in ID_TABLES]
-        for tag, pid, a, b, c, d, e, s1, s2, s3, s4 in rows:
-            if tag == "m":
-                self.messages[(pid, s1, s2)] = StoredMessage(a, b, c)
-            elif tag == "c":
-                self.contacts[(pid, s1, s2)] = self._contact((a, pid, s3, json.loads(s4) if s4 else {}, b))
-            elif tag == "r":
-                self.thread_keys[(pid, s1)] = a
-            elif tag == "x":  # SQLite: the highest ids; the next ones are ours while we hold the write lock
-                drawn = [list(range((top or 0) + 1, (top or 0) + 1 + n)) for top, n in zip((a, b, c, d, e), upper,
-                                                                                         strict=True)]
-            else:  # "n", PostgreSQL: one id drawn from table number `a`'s sequence
-                drawn[a].append(b)
+        for row in rows:  # what each column means per tag: umsg.ingest.preread.Row
+            if row.tag == "m":
+                self.messages[(row.project_id, row.t1, row.t2)] = StoredMessage(row.n1, row.n2, row.n3)
+            elif row.tag == "c":
+                attributes = json.loads(row.t4) if row.t4 else {}
+                self.contacts[(row.project_id, row.t1, row.t2)] = self._contact(
+                    (row.n1, row.project_id, row.t3, attributes, row.n2))
+            elif row.tag == "r":
+                self.thread_keys[(row.project_id, row.t1)] = row.n1
+            elif row.tag == "x":  # SQLite: the highest ids; the next ones are ours while we hold the write lock
+                tops = (row.n1, row.n2, row.n3, row.n4, row.n5)
+                drawn = [list(range((top or 0) + 1, (top or 0) + 1 + n)) for top, n in zip(tops, upper, strict=True)]
+            else:  # "n", PostgreSQL: one id drawn from the sequence of table number `n1`
+                drawn[row.n1].append(row.n2)
         self.ids = {t: sorted(got) for t, got in zip(ID_TABLES, drawn, strict=True)}
         await self._load_merged(conn)
         await self._load_conversations(conn, reader, bulk, wants)
@@ -159,5 +162,5 @@ class BatchState:
             # Only the newest open one per (contact, channel) came back through the sticky condition,
             # but a ref or token may have brought older ones: keep the newest.
             for conv in sorted(self.conv_by_id.values(), key=lambda c: c.id or 0):
-                if conv.contact_id in sticky_contacts and conv.status in OPEN_STATES:
+                if conv.contact_id in sticky_contacts and conv.status in OPEN_CONVERSATION:
                     self.open_conv[(conv.project_id, conv.owner_id, conv.channel)] = conv

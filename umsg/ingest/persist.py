@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.bulk import Bulk
 from storage.models import Blob, Contact, Conversation, Event, Identity, Message, Part, QueueItem, ThreadRef
+from storage.states import MessageStatus, QueueItemStatus
 from umsg.ingest.rows import ContactRow, ConvRow, Work
 
 _CONTACT = cast(Table, Contact.__table__)
@@ -68,7 +69,7 @@ def _message_row(w: Work, now: datetime) -> dict[str, Any]:
             "contact_id": w.contact.id, "direction": "in", "channel": inbound.channel,
             "from_addr": p.sender_value, "to_addrs": list(inbound.recipients), "subject": inbound.subject,
             "text": p.text, "html": p.html, "provider_id": inbound.provider_id,
-            "dedupe_key": inbound.dedupe_key, "status": "received", "status_detail": None,
+            "dedupe_key": inbound.dedupe_key, "status": MessageStatus.RECEIVED, "status_detail": None,
             "author_agent_id": None, "flags": w.flags, "sent_at": inbound.sent_at, "created_at": now}
 
 
@@ -116,7 +117,7 @@ class _Rows:
                      "channel": w.prepared.inbound.channel,
                      "priority": d.priority, "route": d.route}
             self.items.append({"id": w.queue_item_id, "project_id": w.project_id, "skills": dict(d.skills),
-                               "status": "waiting", "enqueued_at": now, "sla_due_at": conv.sla_due_at,
+                               "status": QueueItemStatus.WAITING, "enqueued_at": now, "sla_due_at": conv.sla_due_at,
                                "attempts": 0, "updated_at": now, "lease_owner": None, "lease_until": None,
                                "last_error": None, "agent_id": None, **facts})
             self.event(w.project_id, "queue.enqueued", facts, now)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -41,10 +41,38 @@ from sqlalchemy.sql.expression import CompoundSelect
 
 from storage.bulk import Bulk, json_list
 from storage.models import Contact, Conversation, Identity, Message, Part, QueueItem, ThreadRef
+from storage.states import OPEN_CONVERSATION, QueueItemStatus
 
 # The tables the writer gives ids to, in the order of the `x` row's columns.
 ID_TABLES: tuple[Table, ...] = tuple(
     m.__table__ for m in (Contact, Conversation, Message, Part, QueueItem))  # type: ignore[misc]
+
+
+class Row(NamedTuple):
+    """One row of the batch's first read. The read is one UNION, so its columns are shared and
+    what each means depends on `tag`:
+
+    - "m", a message stored already under a dedupe key: `n1` its id, `n2` its conversation,
+      `n3` its contact; `t1` channel, `t2` dedupe key.
+    - "c", a known sender: `n1` the contact, `n2` the contact it was merged into; `t1` identity
+      kind, `t2` value, `t3` display name, `t4` attributes (JSON text).
+    - "r", a stored thread key: `n1` its conversation; `t1` the key.
+    - "x" (SQLite): `n1`..`n5` the highest ids of `ID_TABLES`.
+    - "n" (PostgreSQL): `n1` a table's index in `ID_TABLES`, `n2` an id drawn from its sequence.
+    """
+
+    # Typed Any: which are set (and so not None) depends on the tag.
+    tag: str
+    project_id: Any
+    n1: Any
+    n2: Any
+    n3: Any
+    n4: Any
+    n5: Any
+    t1: Any
+    t2: Any
+    t3: Any
+    t4: Any
 
 
 def _each(name: str) -> Any:
@@ -89,9 +117,6 @@ def _postgres() -> CompoundSelect[Any]:
     return union_all(*_common(_each), *draws)
 
 
-OPEN_STATES = ("open", "pending", "snoozed")
-
-
 def _conversations(each: Callable[[str], Any]) -> Select[Any]:
     """Conversations named by id (thread keys), by token, or the newest open one of a sticky contact
     on a channel; with whether each already waits in the queue.
@@ -103,10 +128,11 @@ def _conversations(each: Callable[[str], Any]) -> Select[Any]:
                    .where(Conversation.project_id.in_(each("projects")),
                           Conversation.contact_id.in_(each("sticky_contacts")),
                           Conversation.channel.in_(each("sticky_channels")),
-                          or_(*(Conversation.status == state for state in OPEN_STATES)))
+                          or_(*(Conversation.status == state for state in OPEN_CONVERSATION)))
                    .group_by(Conversation.project_id, Conversation.contact_id, Conversation.channel))
     queued = exists().where(QueueItem.conversation_id == Conversation.id,
-                            or_(QueueItem.status == "waiting", QueueItem.status == "leased"))
+                            or_(QueueItem.status == QueueItemStatus.WAITING,
+                                QueueItem.status == QueueItemStatus.LEASED))
     columns: list[Any] = [Conversation.id, Conversation.project_id, Conversation.contact_id, Conversation.channel,
                           Conversation.subject, Conversation.status, Conversation.priority, Conversation.queue,
                           Conversation.sla_due_at, Conversation.assignee_id, Conversation.snoozed_until,
@@ -132,7 +158,7 @@ class PreReader:
 
     async def read(self, conn: AsyncConnection, bulk: Bulk, *, projects: set[int], channels: set[str],
                    keys: set[str], kinds: set[str], senders: set[str], refs: set[str],
-                   upper: Sequence[int], begin: bool = False) -> Sequence[Any]:
+                   upper: Sequence[int], begin: bool = False) -> list[Row]:
         """The tagged rows; `upper[i]` bounds the new rows of `ID_TABLES[i]` (PostgreSQL draws that many).
 
         `begin`: this read opens the writer's transaction (SQLite: BEGIN IMMEDIATE goes with it).
@@ -141,6 +167,8 @@ class PreReader:
         lists: dict[str, list[Any]] = {"projects": list(projects), "channels": list(channels), "keys": list(keys),
                                        "kinds": list(kinds), "senders": list(senders), "refs": list(refs)}
         if conn.dialect.name == "sqlite":
-            return await bulk.fetch(conn, self._sqlite, {k: json.dumps(v) for k, v in lists.items()}, begin=begin)
-        params: dict[str, Any] = {**lists, **{f"n{i}": int(n) for i, n in enumerate(upper)}}
-        return list(await conn.execute(self._postgres, params))
+            rows = await bulk.fetch(conn, self._sqlite, {k: json.dumps(v) for k, v in lists.items()}, begin=begin)
+        else:
+            params: dict[str, Any] = {**lists, **{f"n{i}": int(n) for i, n in enumerate(upper)}}
+            rows = list(await conn.execute(self._postgres, params))
+        return [Row._make(r) for r in rows]

@@ -20,13 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Message
+from storage.states import OPEN_CONVERSATION, ConversationStatus
 from umsg.errors import UmsgError
 from umsg.ingest.batch import BatchState
 from umsg.ingest.rows import ContactRow, ConvRow, StoredMessage, Work
 from umsg.routing.filters import Sample
 from umsg.routing.table import RouteTable
 
-REOPENABLE = ("open", "pending", "snoozed", "resolved")
+REOPENABLE = (*OPEN_CONVERSATION, ConversationStatus.RESOLVED)
 
 
 class DuplicateMessage(UmsgError):
@@ -129,11 +130,11 @@ class Thread:
         if conv is not None and conv.status not in REOPENABLE:
             conv = None  # a closed conversation stays closed; the customer starts a new one
         if conv is None:
-            conv = ConvRow(None, ctx.project_id, contact, None, inbound.channel, inbound.subject, "open", 0, None,
-                           None, None, None, secrets.token_hex(6), new=True)
+            conv = ConvRow(None, ctx.project_id, contact, None, inbound.channel, inbound.subject,
+                           ConversationStatus.OPEN, 0, None, None, None, None, secrets.token_hex(6), new=True)
             work.new_conversation = True
-        elif conv.status != "open":
-            conv.set(status="open", snoozed_until=None)  # the customer wrote again: back to work
+        elif conv.status != ConversationStatus.OPEN:
+            conv.set(status=ConversationStatus.OPEN, snoozed_until=None)  # the customer wrote again: back to work
         conv.set(last_message_at=ctx.batch.now)
         if hints.sticky:
             ctx.batch.sticky[(id(contact), inbound.channel)] = conv
@@ -184,7 +185,7 @@ class Route:
             work.flags["dropped_by_route"] = decision.route
             if work.new_conversation:
                 # Nobody should find a conversation that consists only of dropped messages in their work.
-                conv.status = "closed"
+                conv.status = ConversationStatus.CLOSED
             return
         if decision.queue is None:
             return  # answered or handed on; the conversation stays open for anyone who looks

@@ -31,6 +31,7 @@ from storage.models import (
     RouterPin,
     Skill,
 )
+from storage.states import OfferStatus, QueueItemStatus
 from umsg.errors import Conflict, NotFound
 from umsg.events import EventLog
 from umsg.router.settings import RouterSettings
@@ -129,7 +130,7 @@ class RouterStore:
         if item_ids is not None:
             q = q.where(QueueItem.id.in_(sorted(item_ids)))
         else:
-            q = q.where(QueueItem.status.in_(("waiting", "leased")))
+            q = q.where(QueueItem.status.in_((QueueItemStatus.WAITING, QueueItemStatus.LEASED)))
             if conversation_ids is not None:
                 q = q.where(QueueItem.conversation_id.in_(sorted(conversation_ids)))
             if project_id is not None:
@@ -154,26 +155,27 @@ class RouterStore:
                                                                 .where(RouterPin.item_id.in_(chunk)))).all()})
             rows = await s.execute(select(RouterOffer.item_id, RouterOffer.agent_id, RouterOffer.decided_at)
                                    .where(RouterOffer.item_id.in_(chunk),
-                                          RouterOffer.status.in_(("declined", "timed_out")),
+                                          RouterOffer.status.in_((OfferStatus.DECLINED, OfferStatus.TIMED_OUT)),
                                           RouterOffer.decided_at > now - block))
             for item_id, agent_id, decided in rows.all():
                 if decided is None:
                     continue
                 declined.setdefault(item_id, {})[agent_id] = ts(decided + block)
-        last = await self._last_agents(s, [i for i in items if i.status == "waiting" and i.id not in pins], now)
+        waiting = [i for i in items if i.status == QueueItemStatus.WAITING and i.id not in pins]
+        last = await self._last_agents(s, waiting, now)
         out = []
         for i in items:
             spec = ItemSpec(i.id, i.project_id, i.queue, i.channel, i.priority, dict(i.skills),
                             ts(i.enqueued_at), i.conversation_id)
             row = ItemRow(spec, "gone", declined=declined.get(i.id, {}))
-            if i.status == "waiting":
+            if i.status == QueueItemStatus.WAITING:
                 row.holder = "waiting"
                 pin = pins.get(i.id)
                 row.pin = (pin.agent_id, ts(pin.until)) if pin is not None else last.get(i.id)
-            elif i.status == "leased":
+            elif i.status == QueueItemStatus.LEASED:
                 offer = offers.get(_id_after(i.lease_owner, "offer:") or 0)
                 accepted = _id_after(i.lease_owner, "agent:")
-                if offer is not None and offer.status == "offered":
+                if offer is not None and offer.status == OfferStatus.OFFERED:
                     row.holder, row.agent_id, row.offer_expires = "offered", offer.agent_id, ts(offer.expires_at)
                 elif accepted is not None:
                     row.holder, row.agent_id = "accepted", accepted
@@ -192,7 +194,8 @@ class RouterStore:
         by_conv: dict[int, tuple[datetime, int]] = {}
         for chunk in _chunks(sorted({i.conversation_id for i in items})):
             rows = await s.execute(select(RouterOffer.conversation_id, RouterOffer.decided_at, RouterOffer.agent_id)
-                                   .where(RouterOffer.conversation_id.in_(chunk), RouterOffer.status == "accepted",
+                                   .where(RouterOffer.conversation_id.in_(chunk),
+                                          RouterOffer.status == OfferStatus.ACCEPTED,
                                           RouterOffer.decided_at > since))
             for conv, decided, agent_id in rows.all():
                 if decided is None:
@@ -210,15 +213,15 @@ class RouterStore:
         grace = timedelta(seconds=self._settings.offer_lease_grace_seconds)
         async with self._sessions() as s:
             rows = [RouterOffer(project_id=spec.project_id, item_id=o.item_id, conversation_id=spec.conversation_id,
-                                agent_id=o.agent_id, status="offered", why=o.why, created_at=now,
+                                agent_id=o.agent_id, status=OfferStatus.OFFERED, why=o.why, created_at=now,
                                 expires_at=dt(o.expires)) for o, spec in offers]
             s.add_all(rows)
             await s.flush()
             for row, (o, spec) in zip(rows, offers, strict=True):
                 owner = f"offer:{row.id}"
                 res = await s.execute(update(QueueItem)
-                                      .where(QueueItem.id == o.item_id, QueueItem.status == "waiting")
-                                      .values(status="leased", lease_owner=owner, agent_id=o.agent_id,
+                                      .where(QueueItem.id == o.item_id, QueueItem.status == QueueItemStatus.WAITING)
+                                      .values(status=QueueItemStatus.LEASED, lease_owner=owner, agent_id=o.agent_id,
                                               lease_until=dt(o.expires) + grace, updated_at=now)
                                       .execution_options(synchronize_session=False))
                 if _rows(res) != 1:
@@ -227,7 +230,7 @@ class RouterStore:
                     continue
                 await s.execute(delete(RouterPin).where(RouterPin.item_id == o.item_id))
                 facts = {"item_id": o.item_id, "conversation_id": spec.conversation_id, "queue": spec.queue,
-                         "channel": spec.channel, "status": "leased", "owner": owner}
+                         "channel": spec.channel, "status": QueueItemStatus.LEASED, "owner": owner}
                 self._events.add(s, spec.project_id, "queue.claimed", facts)
                 self._events.add(s, spec.project_id, "router.offered",
                                  {"offer_id": row.id, "item_id": o.item_id, "agent_id": o.agent_id,
@@ -241,7 +244,7 @@ class RouterStore:
         async with self._sessions() as s:
             offer = await self._open_offer(s, offer_id, agent_id, now)
             lease = now + timedelta(seconds=self._settings.work_lease_seconds)
-            await self._settle(s, offer, "accepted", now, None,
+            await self._settle(s, offer, OfferStatus.ACCEPTED, now, None,
                                dict(lease_owner=agent_owner(offer.agent_id), lease_until=lease, updated_at=now))
             self._events.add(s, offer.project_id, "router.accepted",
                              {"offer_id": offer.id, "item_id": offer.item_id, "agent_id": offer.agent_id})
@@ -253,7 +256,7 @@ class RouterStore:
         """The agent refuses: the item waits again with its original age."""
         async with self._sessions() as s:
             offer = await self._open_offer(s, offer_id, agent_id, now, allow_expired=True)
-            await self._settle(s, offer, "declined", now, reason, _back_to_waiting(now))
+            await self._settle(s, offer, OfferStatus.DECLINED, now, reason, _back_to_waiting(now))
             self._released(s, offer, "declined")
             await s.commit()
         self._events.notify()
@@ -264,17 +267,18 @@ class RouterStore:
         async with self._sessions() as s:
             offer = await s.scalar(select(RouterOffer).where(RouterOffer.item_id == item_id,
                                                              RouterOffer.agent_id == agent_id,
-                                                             RouterOffer.status == "offered"))
+                                                             RouterOffer.status == OfferStatus.OFFERED))
             if offer is None:
                 return False
             res = await s.execute(update(RouterOffer).where(RouterOffer.id == offer.id,
-                                                            RouterOffer.status == "offered")
-                                  .values(status="timed_out", decided_at=now, reason=self._settings.missed_reason))
+                                                            RouterOffer.status == OfferStatus.OFFERED)
+                                  .values(status=OfferStatus.TIMED_OUT, decided_at=now,
+                                          reason=self._settings.missed_reason))
             if _rows(res) != 1:
                 await s.rollback()
                 return False
             # The generic lease sweeper may have re-queued it already; that is the same outcome.
-            await s.execute(update(QueueItem).where(QueueItem.id == item_id, QueueItem.status == "leased",
+            await s.execute(update(QueueItem).where(QueueItem.id == item_id, QueueItem.status == QueueItemStatus.LEASED,
                                                     QueueItem.lease_owner == f"offer:{offer.id}")
                             .values(**_back_to_waiting(now)).execution_options(synchronize_session=False))
             self._released(s, offer, "offer timed out")
@@ -291,7 +295,7 @@ class RouterStore:
             raise NotFound(f"offer {offer_id} not found")
         if agent_id is not None and offer.agent_id != agent_id:
             raise Conflict(f"offer {offer_id} was made to agent {offer.agent_id}, not {agent_id}")
-        if offer.status != "offered":
+        if offer.status != OfferStatus.OFFERED:
             raise Conflict(f"offer {offer_id} is already {offer.status}")
         if not allow_expired and offer.expires_at <= now:
             raise Conflict(f"offer {offer_id} expired at {offer.expires_at.isoformat()}")
@@ -299,9 +303,11 @@ class RouterStore:
 
     async def _settle(self, s: AsyncSession, offer: RouterOffer, status: str, now: datetime,
                       reason: str | None, item_values: dict[str, Any]) -> None:
-        res = await s.execute(update(RouterOffer).where(RouterOffer.id == offer.id, RouterOffer.status == "offered")
+        res = await s.execute(update(RouterOffer)
+                              .where(RouterOffer.id == offer.id, RouterOffer.status == OfferStatus.OFFERED)
                               .values(status=status, decided_at=now, reason=reason))
-        res2 = await s.execute(update(QueueItem).where(QueueItem.id == offer.item_id, QueueItem.status == "leased",
+        res2 = await s.execute(update(QueueItem).where(QueueItem.id == offer.item_id,
+                                                       QueueItem.status == QueueItemStatus.LEASED,
                                                        QueueItem.lease_owner == f"offer:{offer.id}")
                                .values(**item_values).execution_options(synchronize_session=False))
         if _rows(res) != 1 or _rows(res2) != 1:
@@ -312,7 +318,7 @@ class RouterStore:
     def _released(self, s: AsyncSession, offer: RouterOffer, reason: str) -> None:
         self._events.add(s, offer.project_id, "queue.released",
                          {"item_id": offer.item_id, "conversation_id": offer.conversation_id,
-                          "status": "waiting", "reason": reason, "owner": f"offer:{offer.id}"})
+                          "status": QueueItemStatus.WAITING, "reason": reason, "owner": f"offer:{offer.id}"})
         self._events.add(s, offer.project_id, f"router.{offer.status}",
                          {"offer_id": offer.id, "item_id": offer.item_id, "agent_id": offer.agent_id})
 
@@ -325,7 +331,7 @@ class RouterStore:
             item = await s.get(QueueItem, item_id)
             if item is None:
                 raise NotFound(f"queue item {item_id} not found")
-            if item.status not in ("waiting", "leased"):
+            if item.status not in (QueueItemStatus.WAITING, QueueItemStatus.LEASED):
                 raise Conflict(f"queue item {item_id} is {item.status}; only open items can move")
             owner = item.lease_owner
             if only_agent is not None and item.agent_id != only_agent and owner != agent_owner(only_agent):
@@ -342,13 +348,14 @@ class RouterStore:
                 raise Conflict(f"queue item {item_id} changed meanwhile; try again")
             offer_id = _id_after(owner, "offer:")
             if offer_id is not None:
-                await s.execute(update(RouterOffer).where(RouterOffer.id == offer_id, RouterOffer.status == "offered")
-                                .values(status="revoked", decided_at=now, reason=reason))
+                await s.execute(update(RouterOffer)
+                                .where(RouterOffer.id == offer_id, RouterOffer.status == OfferStatus.OFFERED)
+                                .values(status=OfferStatus.REVOKED, decided_at=now, reason=reason))
             await s.execute(delete(RouterPin).where(RouterPin.item_id == item_id))
             if pin_agent is not None:
                 until = now + timedelta(seconds=self._settings.transfer_pin_seconds)
                 s.add(RouterPin(item_id=item_id, agent_id=pin_agent, until=until, kind="transfer"))
-            facts = {"item_id": item_id, "conversation_id": item.conversation_id, "status": "waiting",
+            facts = {"item_id": item_id, "conversation_id": item.conversation_id, "status": QueueItemStatus.WAITING,
                      "reason": reason, "owner": owner, "queue": values.get("queue", item.queue),
                      "to_agent": pin_agent}
             self._events.add(s, item.project_id, "queue.released", facts)
@@ -386,7 +393,7 @@ class RouterStore:
         """Renew every lease the agent holds; an agent who stops calling loses its items to the sweeper."""
         lease = now + timedelta(seconds=self._settings.work_lease_seconds)
         async with self._sessions() as s:
-            res = await s.execute(update(QueueItem).where(QueueItem.status == "leased",
+            res = await s.execute(update(QueueItem).where(QueueItem.status == QueueItemStatus.LEASED,
                                                           QueueItem.lease_owner == agent_owner(agent_id))
                                   .values(lease_until=lease).execution_options(synchronize_session=False))
             await s.commit()
@@ -399,7 +406,8 @@ class RouterStore:
 
 
 def _back_to_waiting(now: datetime) -> dict[str, Any]:
-    return {"status": "waiting", "lease_owner": None, "lease_until": None, "agent_id": None, "updated_at": now}
+    return {"status": QueueItemStatus.WAITING, "lease_owner": None, "lease_until": None, "agent_id": None,
+            "updated_at": now}
 
 
 def _chunks(ids: Sequence[int], size: int = 500) -> list[list[int]]:

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Agent, Contact, Conversation, Message, Part, QueueItem, RouterPin
+from storage.states import ConversationStatus
 from umsg.errors import PermanentError
 from umsg.events import EventLog
 from umsg.instances import ChannelInstances
@@ -141,7 +142,7 @@ def record_drop(events: EventLog, session: AsyncSession, *, decision: RouteDecis
     message.flags = {**message.flags, "dropped_by_route": decision.route}
     if new_conversation:
         # Nobody should find a conversation that consists only of dropped messages in their work.
-        conversation.status = "closed"
+        conversation.status = ConversationStatus.CLOSED
     events.add(session, project_id, "message.dropped",
                {"message_id": message.id, "conversation_id": conversation.id, "route": decision.route})
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import AgentProject, Conversation, Message, Part
+from storage.states import ConversationStatus
 from umsg.errors import NotFound
 from umsg.model import OutboundPart
 from umsg.tokens import Principal
@@ -65,9 +66,9 @@ async def patch_conversation(ctx: Ctx) -> web.StreamResponse:
                 }])
         new: dict[str, Any] = {name: getattr(patch, name) for name in given}
         status = new.get("status", conv.status)
-        if status == "snoozed" and new.get("snoozed_until", conv.snoozed_until) is None:
+        if status == ConversationStatus.SNOOZED and new.get("snoozed_until", conv.snoozed_until) is None:
             raise invalid([{"field": "body.snoozed_until", "message": "required when status is snoozed"}])
-        if "status" in new and status != "snoozed" and "snoozed_until" not in new:
+        if "status" in new and status != ConversationStatus.SNOOZED and "snoozed_until" not in new:
             new["snoozed_until"] = None  # waking up (or closing) ends the snooze
         changes: dict[str, dict[str, Any]] = {}
         for name, value in new.items():

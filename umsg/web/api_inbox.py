@@ -21,6 +21,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Agent, Contact, Conversation, Identity, Message, Part, QueueItem, WrapupCode
+from storage.states import OPEN_CONVERSATION, QueueItemStatus
 from storage.types import utcnow
 from umsg.errors import Conflict, NotFound
 from umsg.router.store import agent_owner
@@ -30,8 +31,6 @@ from umsg.web.auth import actor, ensure_visible
 from umsg.web.endpoints import Ctx, json_ok
 from umsg.web.errors import bad_request, invalid
 from umsg.web.schemas import Body, Id, Page
-
-OPEN = ("open", "pending", "snoozed")
 
 
 class NoteIn(Body):
@@ -79,10 +78,11 @@ async def my_work(ctx: Ctx) -> web.StreamResponse:
     agent_id = _me_agent(ctx, q.agent_id)
     owner = agent_owner(agent_id)
     async with ctx.core.readers() as s:
-        held = select(QueueItem.conversation_id).where(QueueItem.status == "leased", QueueItem.lease_owner == owner)
+        held = select(QueueItem.conversation_id).where(QueueItem.status == QueueItemStatus.LEASED,
+                                                       QueueItem.lease_owner == owner)
         stmt = (select(Conversation)
                 .where(or_(Conversation.id.in_(held),
-                           (Conversation.assignee_id == agent_id) & Conversation.status.in_(OPEN)))
+                           (Conversation.assignee_id == agent_id) & Conversation.status.in_(OPEN_CONVERSATION)))
                 .order_by(Conversation.id).limit(500))
         if ctx.me.project_ids is not None:
             stmt = stmt.where(Conversation.project_id.in_(sorted(ctx.me.project_ids)))
@@ -91,7 +91,8 @@ async def my_work(ctx: Ctx) -> web.StreamResponse:
         contacts = {c.id: c for c in (await s.scalars(
             select(Contact).where(Contact.id.in_({c.contact_id for c in convs})))).all()} if convs else {}
         items = {i.conversation_id: i for i in (await s.scalars(
-            select(QueueItem).where(QueueItem.conversation_id.in_(ids), QueueItem.status.in_(("leased", "waiting")))
+            select(QueueItem).where(QueueItem.conversation_id.in_(ids),
+                                    QueueItem.status.in_((QueueItemStatus.LEASED, QueueItemStatus.WAITING)))
             .order_by(QueueItem.id))).all()} if ids else {}
         last: dict[tuple[int, str], datetime] = {}
         if ids:
@@ -176,7 +177,7 @@ async def close_conversation(ctx: Ctx) -> web.StreamResponse:
         codes = {w.code: w.label for w in (await s.scalars(
             select(WrapupCode).where(WrapupCode.project_id == conv.project_id))).all()}
         held = (await s.scalars(select(QueueItem).where(
-            QueueItem.conversation_id == conversation_id, QueueItem.status == "leased"))).all()
+            QueueItem.conversation_id == conversation_id, QueueItem.status == QueueItemStatus.LEASED))).all()
     if codes and body.wrapup_code not in codes:
         raise invalid([{"field": "body.wrapup_code", "message": f"choose one of: {', '.join(sorted(codes))}"}])
     if body.wrapup_code is not None and not codes:

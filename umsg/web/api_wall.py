@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy import case, func, select
 
 from storage.models import Agent, AgentProject, QueueItem, RouterOffer
+from storage.states import OfferStatus, QueueItemStatus
 from storage.types import utcnow
 from umsg.web import serialize
 from umsg.web.endpoints import Ctx, json_ok
@@ -34,7 +35,7 @@ async def wall(ctx: Ctx) -> web.StreamResponse:
         qstmt = (select(QueueItem.project_id, QueueItem.queue, QueueItem.status, func.count(),
                         func.min(QueueItem.enqueued_at), func.min(QueueItem.sla_due_at),
                         func.sum(case((QueueItem.sla_due_at < now, 1), else_=0)))
-                 .where(QueueItem.status.in_(("waiting", "leased")))
+                 .where(QueueItem.status.in_((QueueItemStatus.WAITING, QueueItemStatus.LEASED)))
                  .group_by(QueueItem.project_id, QueueItem.queue, QueueItem.status))
         astmt = select(Agent).order_by(Agent.display_name, Agent.id)
         if scope is not None:
@@ -44,10 +45,10 @@ async def wall(ctx: Ctx) -> web.StreamResponse:
         agents = list((await s.scalars(astmt)).all())
         owners = [f"agent:{a.id}" for a in agents]
         held = (await s.execute(select(QueueItem.lease_owner, QueueItem.channel, func.count())
-                                .where(QueueItem.status == "leased", QueueItem.lease_owner.in_(owners))
+                                .where(QueueItem.status == QueueItemStatus.LEASED, QueueItem.lease_owner.in_(owners))
                                 .group_by(QueueItem.lease_owner, QueueItem.channel))).all() if owners else []
         offered = dict((await s.execute(select(RouterOffer.agent_id, func.count())
-                                        .where(RouterOffer.status == "offered",
+                                        .where(RouterOffer.status == OfferStatus.OFFERED,
                                                RouterOffer.agent_id.in_([a.id for a in agents]))
                                         .group_by(RouterOffer.agent_id))).all()) if agents else {}
     queues: dict[tuple[int, str], dict[str, Any]] = {}

@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from storage.states import QueueItemStatus
 from umsg.web.endpoints import Ctx
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class _StoreCollector:
         if self.queue is None:
             return
         depth = GaugeMetricFamily("umsg_queue_items", "queue items by status", labels=["status"])
-        for status in ("waiting", "leased", "done", "dead"):
+        for status in QueueItemStatus:
             depth.add_metric([status], _number(self.queue.get(status)))
         yield depth
         oldest = self.queue.get("oldest_waiting_seconds")
