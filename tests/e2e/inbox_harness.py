@@ -1,26 +1,21 @@
-"""Shared setup of the inbox browser tests (fixtures and helpers only; no tests here).
+"""Helpers for the inbox browser tests (no fixtures and no tests here).
 
-`inbox_server` runs a real `umsg serve` on the test's store, creates an admin
-token with the CLI, and offers helpers to create agents with passwords, submit
-messages through the API, and sign an agent in from a Playwright page.
+`InboxServer` is what the `inbox_server` fixture (tests/e2e/conftest.py) yields: a real
+`umsg serve` on the test's store and an admin token, with helpers to create agents with
+passwords and submit messages through the API. `sign_in` signs an agent in from a
+Playwright page; `attachment` builds an attachment body.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
-import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from playwright.async_api import Page, expect
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from serve_proc import ServeProcess, db_env, run_umsg  # noqa: E402
 
 _keys = itertools.count(1)
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -56,25 +51,6 @@ class InboxServer:
 
 def attachment(data: bytes, media_type: str, filename: str) -> dict[str, str]:
     return {"media_type": media_type, "filename": filename, "data_base64": base64.b64encode(data).decode()}
-
-
-@pytest.fixture
-async def inbox_server(db_config: dict[str, object], tmp_path: Path) -> AsyncIterator[InboxServer]:
-    env = {**db_env(db_config), "UMSG_ROUTER__OFFER_TIMEOUT_SECONDS": "60",
-           "UMSG_ROUTER__LEADER_POLL_SECONDS": "0.2"}
-    service = ServeProcess(tmp_path / "data", env)
-    try:
-        url = await service.start()
-        status, out, err = await run_umsg(["token", "create", "--role", "admin", "--data-dir",
-                                           str(tmp_path / "data")], env)
-        assert status == 0, err
-        async with aiohttp.ClientSession() as http:
-            yield InboxServer(url, out.strip().splitlines()[-1], http)
-        # A clean stop: the service ends its conversion workers, which would otherwise outlive
-        # a killed parent holding its stdout open (and the kill's wait would never end).
-        await service.terminate()
-    finally:
-        await service.aclose()
 
 
 async def sign_in(page: Page, url: str, login: str, password: str = "password123") -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from browser import screenshot
-from chat_harness import WAIT_MS, ChatSite, agent_reply, chat_site, open_widget, say, widget_lines  # noqa: F401
+from chat_harness import WAIT_MS, ChatSite, agent_reply, open_widget, say, widget_lines
 from inbox_harness import sign_in
 from playwright.async_api import Page, expect
 
@@ -27,7 +27,7 @@ async def timeline_texts(page: Page) -> list[str]:
     return [t.strip() for t in await page.locator("#timeline .msg:not(.pending) .text").all_inner_texts()]
 
 
-async def test_customer_and_agent_chat_reload_and_survive_a_network_drop(chat_site: ChatSite) -> None:  # noqa: F811
+async def test_customer_and_agent_chat_reload_and_survive_a_network_drop(chat_site: ChatSite) -> None:
     site = chat_site
     await site.srv.agent("ann", "Ann Agent")
     agent_ctx, agent = await site.agent_page()

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from browser import chromium, screenshot
-from inbox_harness import SHARED, InboxServer, attachment, inbox_server, sign_in  # noqa: F401
+from inbox_harness import SHARED, InboxServer, attachment, sign_in
 from playwright.async_api import Page, expect
 
 
@@ -26,7 +26,7 @@ async def _timeline_texts(page: Page) -> list[str]:
     return [t.strip() for t in await page.locator("#timeline .msg .text").all_inner_texts()]
 
 
-async def test_offer_accept_reply_resume_and_media(inbox_server: InboxServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_offer_accept_reply_resume_and_media(inbox_server: InboxServer, tmp_path: Path) -> None:
     srv = inbox_server
     ann = await srv.agent("ann", "Ann Agent")
     async with chromium() as browser:
@@ -116,7 +116,7 @@ async def test_offer_accept_reply_resume_and_media(inbox_server: InboxServer, tm
         await context.close()
 
 
-async def test_supervisor_wall(inbox_server: InboxServer) -> None:  # noqa: F811
+async def test_supervisor_wall(inbox_server: InboxServer) -> None:
     srv = inbox_server
     await srv.agent("sue", "Sue Supervisor", role="supervisor")
     bo = await srv.agent("bo", "Bo Agent")

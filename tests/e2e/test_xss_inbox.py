@@ -7,7 +7,7 @@ text (or, for email HTML, inside a sandboxed frame without scripts)."""
 from __future__ import annotations
 
 from browser import chromium, screenshot
-from inbox_harness import InboxServer, attachment, inbox_server, sign_in  # noqa: F401
+from inbox_harness import InboxServer, attachment, sign_in
 from playwright.async_api import expect
 
 RUN = "window.__xss=(window.__xss||0)+1;alert(1)"
@@ -21,7 +21,7 @@ PAYLOADS = [
 ]
 
 
-async def test_hostile_content_renders_inert(inbox_server: InboxServer) -> None:  # noqa: F811
+async def test_hostile_content_renders_inert(inbox_server: InboxServer) -> None:
     srv = inbox_server
     eve = await srv.agent("eve", "Eve <b>Agent</b>")
     name = f'Mallory <img src=x onerror="{RUN}">'

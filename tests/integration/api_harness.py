@@ -1,9 +1,9 @@
-"""Shared harness for the API tests (fixtures and helpers only; no tests here).
+"""Shared harness for the API tests (helpers only; no fixtures, no tests here).
 
-The `api` fixture (import `api_fixture` to use it) serves `create_app(core)`
+The `api` fixture (tests/integration/conftest.py) yields an `Api`: it serves `create_app(core)`
 on a real loopback port through aiohttp's TestServer and seeds two projects
 ("default" and "other"), one agent in each, and tokens for every kind of
-caller the tests need.
+caller the tests need. `attachment` builds an attachment body.
 """
 
 from __future__ import annotations
@@ -11,18 +11,14 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from storage.models import Agent, AgentProject, AgentStateHistory
 from umsg.core import Core
-from umsg.tokens import create_token
-from umsg.web import create_app
 
 _keys = itertools.count(1)
 
@@ -100,32 +96,3 @@ class Api:
 
 def attachment(data: bytes, media_type: str = "application/pdf", filename: str = "doc.pdf") -> dict[str, str]:
     return {"media_type": media_type, "filename": filename, "data_base64": base64.b64encode(data).decode()}
-
-
-async def _agent(core: Core, login: str, project_id: int) -> int:
-    async with core.sessions() as s:
-        agent = Agent(login=login, display_name=login.title(), state="offline")
-        s.add(agent)
-        await s.flush()
-        s.add(AgentProject(agent_id=agent.id, project_id=project_id))
-        s.add(AgentStateHistory(agent_id=agent.id, state="offline"))
-        await s.commit()
-        return agent.id
-
-
-@pytest.fixture(name="api")
-async def api_fixture(core: Core) -> AsyncIterator[Api]:
-    default_pid = await core.ensure_project(core.settings.project)
-    other_pid = await core.ensure_project("other")
-    alice = await _agent(core, "alice", default_pid)
-    bob = await _agent(core, "bob", other_pid)
-    tokens = {
-        "admin": await create_token(core.sessions, "admin", label="test admin"),
-        "supervisor": await create_token(core.sessions, "supervisor"),
-        "alice": await create_token(core.sessions, "agent", agent_id=alice),
-        "bob": await create_token(core.sessions, "agent", agent_id=bob),
-        # A supervisor tied to bob sees only bob's project.
-        "bob_supervisor": await create_token(core.sessions, "supervisor", agent_id=bob),
-    }
-    async with TestServer(create_app(core)) as server, TestClient(server) as client:
-        yield Api(client, core, tokens, default_pid, other_pid, alice, bob)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from api_harness import Api, attachment
 from sqlalchemy import select
-from test_api_harness import Api, api_fixture, attachment  # noqa: F401
 
 from storage.db import create_engine
 from storage.models import AgentStateHistory, Event, QueueItem

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from test_api_harness import Api, Reply, api_fixture  # noqa: F401
+from api_harness import Api, Reply
 
 from umsg.web.table import ENDPOINTS
 

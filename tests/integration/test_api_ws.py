@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_api_harness import Api, api_fixture  # noqa: F401
+from api_harness import Api
 
 from storage.models import Event
 from umsg.web import serialize

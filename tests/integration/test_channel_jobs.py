@@ -12,8 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from router_driver import T0, Clock  # a clock the test moves: leases run out without waiting
 from sqlalchemy import select
-from test_router_store import T0, Clock  # a clock the test moves: leases run out without waiting
 
 from storage.models import Job
 from umsg.channel_jobs import ChannelJob, ChannelJobs

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from outbound_helpers import ScriptedAdapter, email_conversation, message
 from sqlalchemy import select
-from test_outbound import ScriptedAdapter, email_conversation, message
 
 from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
 from channels.webhook import WebhookSettings

@@ -7,8 +7,8 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-from test_api_harness import Api, api_fixture, attachment  # noqa: F401
-from test_router_store import Clock, Driver
+from api_harness import Api, attachment
+from router_driver import Clock, Driver
 
 from storage.types import utcnow
 

@@ -8,10 +8,10 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar
 
 import pytest
 from aiohttp import web
+from outbound_helpers import ScriptedAdapter, email_conversation, message
 from sqlalchemy import select
 
 from channels.webhook import WebhookChannel, WebhookSettings, verify
@@ -96,27 +96,6 @@ async def webhook_conversation(adapter: WebhookChannel) -> IngestResult:
         {"id": uuid.uuid4().hex, "sender": "visitor-42", "text": "where is my parcel?"}
     ).encode()
     return await adapter.receive(body)
-
-
-async def email_conversation(core: Core, sender: str = "Ann@Example.com") -> IngestResult:
-    return await core.ingest.ingest(
-        Inbound(
-            channel="email",
-            sender=Address(IdentityKind.EMAIL, sender, "Ann"),
-            recipients=("support@acme.test",),
-            dedupe_key=f"<{uuid.uuid4().hex}@example.com>",
-            raw=b"Subject: Printer on fire\r\n\r\nhelp",
-            subject="Printer on fire",
-            text="help",
-        )
-    )
-
-
-async def message(core: Core, message_id: int) -> Message:
-    async with core.sessions() as s:
-        msg = await s.get(Message, message_id)
-        assert msg is not None
-        return msg
 
 
 async def job_for(core: Core, message_id: int) -> Job:
@@ -261,23 +240,6 @@ async def test_job_in_flight_when_dispatcher_crashes_is_recovered(
 
 
 # -- the dispatcher's own rules, with an in-memory adapter -------------------------------------------
-
-
-class ScriptedAdapter:
-    """A stand-in channel adapter: each send takes the next scripted outcome."""
-
-    name: ClassVar[str] = "scripted"
-
-    def __init__(self, *outcomes: DeliveryResult | Exception) -> None:
-        self.outcomes = list(outcomes)
-        self.sent: list[Outbound] = []
-
-    async def send(self, outbound: Outbound) -> DeliveryResult:
-        self.sent.append(outbound)
-        outcome = self.outcomes.pop(0) if self.outcomes else DeliveryResult(DeliveryStatus.ACCEPTED)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
 
 
 async def test_no_adapter_for_the_channel_is_a_permanent_failure(core: Core, pid: int) -> None:

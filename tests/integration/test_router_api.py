@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from test_api_harness import Api, api_fixture  # noqa: F401
-from test_router_store import Clock, Driver
+from api_harness import Api
+from router_driver import Clock, Driver, add_agent
 
 from storage.types import utcnow
 
@@ -65,8 +65,6 @@ async def test_reason_codes_are_checked_per_state(make_settings, tmp_path) -> No
     try:
         token = await create_token(core.sessions, "admin")
         pid = await core.ensure_project("default")
-        from test_router_store import add_agent
-
         agent = await add_agent(core, pid, "rita", state="offline")
         headers = {"Authorization": f"Bearer {token}"}
         async with TestServer(create_app(core)) as server, TestClient(server) as client:

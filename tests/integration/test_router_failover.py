@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from router_driver import add_agent, add_item
 from serve_proc import ServeProcess, db_env
 from sqlalchemy import select
-from test_router_store import add_agent, add_item
 
 from storage.models import Agent, QueueItem, RouterOffer
 

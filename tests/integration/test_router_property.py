@@ -9,8 +9,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from router_driver import Clock, Driver, add_agent, add_item
 from sqlalchemy import select
-from test_router_store import Clock, Driver, add_agent, add_item
 
 from storage.models import Agent, QueueItem, RouterOffer
 from umsg.router.audit import violations

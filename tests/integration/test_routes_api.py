@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from api_harness import Api
 from sqlalchemy import select
-from test_api_harness import Api, api_fixture  # noqa: F401
 
 from storage.models import Contact, Event, QueueItem
 from umsg.core import Core

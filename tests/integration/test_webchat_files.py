@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_webchat_harness import Chat, chat_fixture, client_id, receive  # noqa: F401
+from webchat_harness import Chat, client_id, receive
 
 from storage.models import Conversation
 

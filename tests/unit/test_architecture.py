@@ -4,15 +4,20 @@
 here it is also shown to fail on a deliberately bad copy of the tree, so a contract that
 can never break would be noticed. Every module is then imported alone in an interpreter
 that has loaded none of ours, which is where an import cycle shows at run time.
+
+The tests keep a rule of their own: fixtures are shared through a conftest.py per folder and
+helpers through modules not named `test_*`, so no file under tests/ imports a test module.
 """
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,3 +127,87 @@ def test_every_module_imports_alone() -> None:
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("failed 0"), result.stdout
+
+
+# A test module imported by another is collected once more under the importer's name (its tests
+# run twice, its fixtures leak into the importer), and a fixture that only works when imported
+# has to hide behind a noqa for an unused import. Fixtures go in a conftest.py per folder, shared
+# helpers in modules whose names do not start with `test_`; the imports are read with `ast`, so a
+# comment, a string or a line break cannot hide one or fake one.
+TESTS = ROOT / "tests"
+# How a module of the test tree is named when imported: a top-level `test_x` (pytest puts each
+# test folder on sys.path), `tests.…`, a folder of tests/ (`integration.test_x`), or relative.
+TEST_ROOTS = frozenset({"tests"} | {p.name for p in TESTS.iterdir() if p.is_dir()})
+
+
+def _is_test_module(dotted: str, relative: bool = False) -> bool:
+    parts = dotted.split(".")
+    ours = relative or parts[0].startswith("test_") or parts[0] in TEST_ROOTS
+    return ours and any(part.startswith("test_") for part in parts)  # not aiohttp.test_utils
+
+
+def _test_module_imports(source: str, filename: str = "<test>") -> Iterator[tuple[int, str]]:
+    """(line, module) for every import of a module named `test_*`: `import test_x`, `from test_x
+    import y`, `from pkg.test_x import y`, `from pkg import test_x`, `from . import test_x`, and
+    `importlib.import_module("test_x")` / `__import__("test_x")` with a literal name."""
+    for node in ast.walk(ast.parse(source, filename)):
+        relative = False
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base, relative = node.module or "", node.level > 0
+            names = [base] + [f"{base}.{alias.name}".lstrip(".") for alias in node.names]
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and ((isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                   or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__")))):
+            names = [node.args[0].value]
+        else:
+            continue
+        for name in names:
+            if name and _is_test_module(name, relative):
+                yield node.lineno, name
+                break
+
+
+def _test_sources() -> list[Path]:
+    return sorted(p for p in TESTS.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_no_file_under_tests_imports_a_test_module() -> None:
+    sources = _test_sources()
+    assert len(sources) > 80 and TESTS / "integration" / "conftest.py" in sources  # the whole tree was read
+    found = [f"{path.relative_to(ROOT)}:{line}: imports {module}"
+             for path in sources
+             for line, module in _test_module_imports(path.read_text(encoding="utf-8"), str(path))]
+    assert found == [], "share fixtures through conftest.py and helpers through a module not named test_*:\n" \
+        + "\n".join(found)
+
+
+# The check itself must be able to fail: each of these is a way to import a test module.
+BAD_IMPORTS = [
+    "from test_api import Api",
+    "import test_api",
+    "import os, test_api as harness",
+    "from tests.integration.test_outbound import message",
+    "from integration import test_outbound",
+    "from . import test_outbound",
+    "def f():\n    from test_router_store import add_agent\n    return add_agent",
+    "import importlib\nimportlib.import_module('test_outbound')",
+    "__import__('test_outbound')",
+]
+GOOD_IMPORTS = [
+    "from api_harness import Api",
+    "import router_driver",
+    "from outbound_helpers import message  # test_outbound used to hold it",
+    "text = 'from test_api import Api'",
+    "from aiohttp.test_utils import TestClient",
+    "from aiohttp import test_utils",
+]
+
+
+def test_the_check_finds_each_way_to_import_a_test_module() -> None:
+    missed = [source for source in BAD_IMPORTS if not list(_test_module_imports(source))]
+    assert missed == []
+    wrongly = [source for source in GOOD_IMPORTS if list(_test_module_imports(source))]
+    assert wrongly == []

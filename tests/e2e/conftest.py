@@ -1,0 +1,85 @@
+"""Fixtures shared by the browser tests (the store-backed ones are in tests/conftest.py).
+
+`inbox_server` runs a real `umsg serve` on the test's store and creates an admin token with
+the CLI (helpers: inbox_harness.py). `chat_site` runs a real `run_service` with the `webchat`
+channel, a shop page on another origin carrying the widget, and one headless Chromium
+(helpers: chat_harness.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from browser import chromium
+from chat_harness import PAGE, SECRET, ChatSite
+from inbox_harness import InboxServer
+
+from umsg.core import Core
+from umsg.serve import run_service
+from umsg.tokens import create_token
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from serve_proc import ServeProcess, db_env, run_umsg  # noqa: E402
+
+
+@pytest.fixture
+async def inbox_server(db_config: dict[str, object], tmp_path: Path) -> AsyncIterator[InboxServer]:
+    env = {**db_env(db_config), "UMSG_ROUTER__OFFER_TIMEOUT_SECONDS": "60",
+           "UMSG_ROUTER__LEADER_POLL_SECONDS": "0.2"}
+    service = ServeProcess(tmp_path / "data", env)
+    try:
+        url = await service.start()
+        status, out, err = await run_umsg(["token", "create", "--role", "admin", "--data-dir",
+                                           str(tmp_path / "data")], env)
+        assert status == 0, err
+        async with aiohttp.ClientSession() as http:
+            yield InboxServer(url, out.strip().splitlines()[-1], http)
+        # A clean stop: the service ends its conversion workers, which would otherwise outlive
+        # a killed parent holding its stdout open (and the kill's wait would never end).
+        await service.terminate()
+    finally:
+        await service.aclose()
+
+
+@pytest.fixture
+async def chat_site(make_settings: Any) -> AsyncIterator[ChatSite]:
+    holder: dict[str, str] = {}
+
+    async def shop(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.format(umsg=holder["umsg"]), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", shop)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    settings = make_settings(
+        http={"host": "127.0.0.1", "port": 0},
+        router={"offer_timeout_seconds": 60, "leader_poll_seconds": 0.2},
+        channels={"webchat": {"type": "webchat", "secret": SECRET, "allowed_origins": [origin]}},
+    )
+    core = await Core.open(settings)
+    await core.ensure_project("default")
+    admin = await create_token(core.sessions, "admin", label="e2e admin")
+    stop = asyncio.Event()
+    ready = asyncio.get_running_loop().create_future()
+    service = asyncio.create_task(run_service(settings, ready=ready.set_result, stop=stop))
+    try:
+        holder["umsg"] = await asyncio.wait_for(ready, 60)
+        async with aiohttp.ClientSession() as http, chromium() as browser:
+            yield ChatSite(f"{origin}/", InboxServer(holder["umsg"], admin, http), core, browser)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(service, 30)
+        await core.aclose()
+        await runner.cleanup()
