@@ -91,8 +91,8 @@ async def _seed(data_dir: str, agents: int) -> list[str]:
 
 
 async def _serve_umsg(data_dir: str) -> None:
-    from umsg.gc_tuning import settle_after_start
-    from umsg.serve import run_service
+    from umsg.app.gc_tuning import settle_after_start
+    from umsg.app.serve import run_service
 
     _raise_fd_limit()
     # As `umsg serve` runs it; prints "umsg listening on URL"; ends on SIGTERM.

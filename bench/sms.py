@@ -43,8 +43,8 @@ from peers.smsc import Smsc, smpp_channel  # noqa: E402
 
 from umsg.config import load_settings  # noqa: E402
 from umsg.core import Core  # noqa: E402
-from umsg.dispatch import Dispatcher  # noqa: E402
 from umsg.model import Address, IdentityKind, Inbound, IngestResult, Outbound  # noqa: E402
+from umsg.outbound.dispatcher import Dispatcher  # noqa: E402
 
 WINDOW = 10
 # Sends handed to the adapter at once (the dispatcher's batch): each waits for its part ids to

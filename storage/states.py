@@ -1,6 +1,6 @@
 """The state sets of stored rows, one `StrEnum` each, for the models and every query that reads
 or writes a status. Values are the strings stored, so a member compares equal to its value.
-How a message moves between its states is `umsg.status`'s rule, not this module's.
+How a message moves between its states is `umsg.outbound.status`'s rule, not this module's.
 """
 
 from __future__ import annotations

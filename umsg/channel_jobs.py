@@ -16,7 +16,7 @@ store share them, and the lease is what keeps one job with one of them:
   raises `Conflict` when the job is no longer leased to `owner`. A lease that ran out stays
   its owner's until someone claims the job.
 
-Neither the dispatcher claims channel jobs nor this `deliver` jobs (`umsg.dispatch_claim`
+Neither the dispatcher claims channel jobs nor this `deliver` jobs (`umsg.outbound.claim`
 leases and recovers `deliver` jobs only).
 """
 

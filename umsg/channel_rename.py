@@ -42,7 +42,7 @@ from storage.models import (
 )
 from storage.states import JobStatus
 from storage.types import utcnow
-from umsg.events import add_event
+from umsg.events.log import add_event
 
 log = logging.getLogger(__name__)
 

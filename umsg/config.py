@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from umsg.errors import ConfigError
 from umsg.router.settings import RouterSettings
-from umsg.routing.build import table_problems
-from umsg.routing.settings import CalendarSettings as CalendarSettings
-from umsg.routing.settings import HoursSettings as HoursSettings
-from umsg.routing.settings import RouteSettings as RouteSettings
+from umsg.routes.build import table_problems
+from umsg.routes.settings import CalendarSettings as CalendarSettings
+from umsg.routes.settings import HoursSettings as HoursSettings
+from umsg.routes.settings import RouteSettings as RouteSettings
 
 ENV_PREFIX = "UMSG_"
 # Variables of the prefix that are not settings: the file to read, and crash tests' failpoints.

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Contact, ContactMerge, Conversation, Identity, Message
 from storage.types import utcnow
 from umsg.errors import Conflict, NotFound
-from umsg.events import add_event
+from umsg.events.log import add_event
 
 # Both databases cap bound parameters per statement (asyncpg: 32767); stay well below.
 _CHUNK = 1000

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -24,15 +25,15 @@ from storage.migrate import upgrade
 from storage.models import Project
 from umsg.channel_jobs import ChannelJobs
 from umsg.config import Settings
-from umsg.events import EventLog
-from umsg.failpoints import AfterCommit
+from umsg.events.log import EventLog
 from umsg.ingest.ingestor import Ingestor
 from umsg.instances import ChannelInstances
-from umsg.outbound import Outbox
+from umsg.model import Inbound
+from umsg.outbound.outbox import Outbox
+from umsg.outbound.reports import DeliveryReports
 from umsg.queue import Queue
-from umsg.reports import DeliveryReports
 from umsg.router.service import RouterService
-from umsg.routing.book import RouteBook
+from umsg.routes.book import RouteBook
 from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,11 @@ class Core:
 
     @classmethod
     async def open(cls, settings: Settings, migrate: bool | None = None, *,
-                   after_commit: AfterCommit | None = None, channels: ChannelInstances | None = None) -> Core:
+                   after_commit: Callable[[Sequence[Inbound]], None] | None = None,
+                   channels: ChannelInstances | None = None) -> Core:
         """Connect to the store (migrating it when configured to) and build every component.
 
-        `channels` are the configured channel instances (`umsg.serve` collects them from the
+        `channels` are the configured channel instances (`umsg.app.serve` collects them from the
         adapters); without them the core knows only the adapter type names (umsg/instances.py).
 
         `after_commit` is called after each ingest commit (a crash test's failpoint)."""

@@ -10,7 +10,7 @@ A caller cancelled while its batch is being written does not abandon the others:
 runs on (shielded). An interruption of the write itself (a cancelled task, a shutdown)
 answers every caller of the batch with a transient error, so none acknowledges to its peer.
 
-Used by delivery-id binds (`umsg.reports`) and delivery results (`umsg.dispatch_record`);
+Used by delivery-id binds (`umsg.outbound.reports`) and delivery results (`umsg.outbound.record`);
 the ingest's writer (`umsg.ingest.writer`) keeps a task of its own, because it also bounds
 how much may queue (back-pressure for the channels).
 """

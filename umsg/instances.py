@@ -5,7 +5,7 @@ conversations and queue items carry its name, and the dispatcher hands an outgoi
 the adapter configured under exactly that name. Each adapter declares the kind of identity it
 answers on (`channels.base.ChannelAdapter.identity_kind`: email address, phone number, fax
 number, chat visitor id, or none: "answer whoever wrote"). The core never imports `channels`,
-so the composition root (`umsg.serve`, `umsg.cli`) collects the declarations into a
+so the composition root (`umsg.app.serve`, `umsg.cli`) collects the declarations into a
 `ChannelInstances` and hands it to `Core.open`.
 
 A core given no instances (an embedded core, most tests) knows no configured names; there,

@@ -79,7 +79,7 @@ class DeliveryReport:
     was really sent to are marked failing, so a forged report cannot flag other customers.
     """
 
-    status: str  # a umsg.status.MessageStatus value: delivered, failed, ...
+    status: str  # a umsg.outbound.status.MessageStatus value: delivered, failed, ...
     message_id: int | None = None
     provider_id: str | None = None
     failed: tuple[str, ...] = ()

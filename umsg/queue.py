@@ -32,7 +32,7 @@ from storage.states import QueueItemStatus
 from storage.types import utcnow
 from umsg.config import QueueSettings
 from umsg.errors import Conflict, NotFound, TransientError
-from umsg.events import EventLog, readers_for
+from umsg.events.log import EventLog, readers_for
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from storage.blobs import BlobStore
 from storage.db import SessionFactory
 from umsg.channel_jobs import ChannelJobs
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.instances import ChannelInstances
-from umsg.outbound import Outbox
-from umsg.reports import DeliveryReports
-from umsg.routing.book import RouteBook
+from umsg.outbound.outbox import Outbox
+from umsg.outbound.reports import DeliveryReports
+from umsg.routes.book import RouteBook
 
 
 @dataclass(frozen=True)

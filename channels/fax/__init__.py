@@ -10,7 +10,7 @@ before a call dropped are kept, the item marked partial. The number's owner gets
 email (`notify.py` documents the template). Fax machines that reach a voicemail number are
 handed over (`FaxChannel.app_for` is the voicemail channel's `set_fax_apps` hook).
 Email-to-fax is a channel route that forwards mail for `fax+<number>@` to `{recipient_detail}` on
-this channel (README "Channels"; `umsg.routing.actions`).
+this channel (README "Channels"; `umsg.routes.actions`).
 
 Sending: `send` renders to TIFF-F, stores a durable job (the core's leased job table,
 `ChannelServices.jobs`) and answers ACCEPTED; the call goes out through the `send.trunk`

@@ -27,7 +27,7 @@ from channels.sms.settings import SmppSettings
 from channels.sms.text import decode_text
 from storage.db import SessionFactory
 from umsg.errors import PermanentError, TransientError
-from umsg.reports import DeliveryReports
+from umsg.outbound.reports import DeliveryReports
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 from channels.webchat.hub import Hub
 from channels.webchat.store import ChatStore
 from storage.models import Event
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from channels.webchat.store import ChatStore
 from storage.blobs import BlobStore
 from storage.types import utcnow
 from umsg.errors import TransientError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.model import Inbound, IngestResult
-from umsg.outbound import Outbox
+from umsg.outbound.outbox import Outbox
 
 
 @dataclass

@@ -22,8 +22,8 @@ from browser import chromium
 from chat_harness import PAGE, SECRET, ChatSite
 from inbox_harness import InboxServer
 
+from umsg.app.serve import run_service
 from umsg.core import Core
-from umsg.serve import run_service
 from umsg.tokens import create_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))

@@ -21,7 +21,7 @@ from channels.email import EmailChannel, EmailSettings
 from channels.fax import FaxChannel, FaxSettings
 from storage.models import Message, Part
 from umsg.core import Core
-from umsg.dispatch import Dispatcher
+from umsg.outbound.dispatcher import Dispatcher
 
 pytestmark = pytest.mark.slow
 SHARED = Path(__file__).resolve().parents[3] / "shared"

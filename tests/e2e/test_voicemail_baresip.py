@@ -25,7 +25,7 @@ from channels.voicemail import VoicemailChannel, VoicemailSettings
 from channels.voicemail.audio import to_wav, trim_silence
 from storage.models import Message, Part
 from umsg.core import Core
-from umsg.dispatch import Dispatcher
+from umsg.outbound.dispatcher import Dispatcher
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")

@@ -22,9 +22,9 @@ from playwright.async_api import Browser, BrowserContext, Page, expect
 from sqlalchemy import func, select
 
 from storage.models import Agent, AgentProject, Message
+from umsg.app.serve import run_service
 from umsg.config import Settings
 from umsg.core import Core
-from umsg.serve import run_service
 
 SECRET = "e2e-secret-0123456789abcdef"
 WAIT_MS = 15_000

@@ -23,7 +23,7 @@ from webchat_harness import SECRET, Chat
 from channels.webchat import WebchatChannel, WebchatSettings
 from storage.models import Agent, AgentProject, AgentStateHistory
 from umsg.core import Core
-from umsg.outbound import Dispatcher
+from umsg.outbound.outbox import Dispatcher
 from umsg.tokens import create_token
 from umsg.web import create_app
 

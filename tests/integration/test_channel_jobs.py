@@ -18,8 +18,8 @@ from sqlalchemy import select
 from storage.models import Job
 from umsg.channel_jobs import ChannelJob, ChannelJobs
 from umsg.core import Core
-from umsg.dispatch import Dispatcher
 from umsg.errors import Conflict
+from umsg.outbound.dispatcher import Dispatcher
 
 KIND = "fax-send:test"
 

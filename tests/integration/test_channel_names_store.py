@@ -23,15 +23,15 @@ from storage.models import (
     QueueItem,
     StoredRouteTable,
 )
+from umsg.app.serve import adopt_channel_names
 from umsg.channel_rename import unconfigured_deliveries
 from umsg.cli import main
 from umsg.config import Settings
 from umsg.core import Core
-from umsg.dispatch import Dispatcher
 from umsg.errors import PermanentError
 from umsg.instances import ChannelInstances
 from umsg.model import Address, DeliveryResult, DeliveryStatus, IdentityKind, Inbound, IngestResult, Outbound
-from umsg.serve import adopt_channel_names
+from umsg.outbound.dispatcher import Dispatcher
 
 EMAIL_PAIR = {
     "support": {"type": "email", "domain": "support.alpha.test"},

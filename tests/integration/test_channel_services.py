@@ -17,9 +17,9 @@ from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits
 from channels.webhook import WebhookSettings
 from storage.models import Identity, Message, Part
 from umsg.core import Core
-from umsg.dispatch import Dispatcher
 from umsg.errors import NotFound, PermanentError
 from umsg.model import DeliveryResult, DeliveryStatus, Outbound, OutboundPart
+from umsg.outbound.dispatcher import Dispatcher
 from umsg.web.app import create_app
 
 

@@ -1,7 +1,7 @@
 """What a message implies commits with it: a SIGKILL between the commit and the peer's
 acknowledgement loses neither a customer's STOP nor a bounce.
 
-The service runs as a real process with the `kill-after-commit` failpoint (umsg.failpoints),
+The service runs as a real process with the `kill-after-commit` failpoint (umsg.app.failpoints),
 which SIGKILLs it right after the transaction holding the named message commits, before its
 channel answers the peer. The peer then sees no acknowledgement and, as it would in life,
 delivers again to the restarted service: the retry is a duplicate, and what the first copy

@@ -26,7 +26,7 @@ from channels.email.parse import to_inbound
 from storage.models import Identity, Message
 from umsg.instances import ChannelInstances, Instance
 from umsg.model import IdentityKind
-from umsg.outbound import Dispatcher, Outbox
+from umsg.outbound.outbox import Dispatcher, Outbox
 
 # Locally a missing package skips; in CI (CI set) the test runs and fails loudly instead.
 pytestmark = pytest.mark.skipif(not available() and not os.environ.get("CI"),

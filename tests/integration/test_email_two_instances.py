@@ -26,8 +26,8 @@ from sqlalchemy import select
 
 from storage.db import create_engine, read_session_factory, session_factory
 from storage.models import Message
+from umsg.app.serve import run_service
 from umsg.config import Settings
-from umsg.serve import run_service
 from umsg.tokens import create_token
 
 pytestmark = pytest.mark.skipif(not available() and not os.environ.get("CI"),

@@ -10,7 +10,7 @@ import pytest
 from storage.db import create_engine, session_factory
 from storage.types import utcnow
 from umsg.core import Core
-from umsg.events import GAP_GRACE, EventLog, WaitOutcome, add_event
+from umsg.events.log import GAP_GRACE, EventLog, WaitOutcome, add_event
 
 
 async def test_event_exists_only_when_its_transaction_commits(core: Core) -> None:
@@ -140,7 +140,7 @@ async def test_reader_never_skips_an_event_still_committing(core: Core) -> None:
 
 async def _collect(sub: object, count: int) -> list[int]:
     """Payload `n`s from a subscription until `count` have come (fails after 10 s)."""
-    from umsg.event_fanout import Subscription
+    from umsg.events.fanout import Subscription
 
     assert isinstance(sub, Subscription)
     got: list[int] = []
@@ -175,7 +175,7 @@ async def test_subscriptions_share_one_reader_and_see_only_their_projects(core: 
 
 
 async def test_a_subscriber_behind_the_buffer_pages_the_store(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
-    from umsg import event_fanout
+    from umsg.events import fanout as event_fanout
 
     monkeypatch.setattr(event_fanout, "BUFFER", 2)
     start = await core.events.latest_id()

@@ -19,9 +19,9 @@ from sqlalchemy import select
 from channels.fax import FaxChannel, FaxSettings
 from storage.models import Message, Part
 from umsg.core import Core
-from umsg.dispatch import Dispatcher
 from umsg.model import Address, IdentityKind, Inbound, InboundPart, OutboundPart
-from umsg.outbound import Outbox
+from umsg.outbound.dispatcher import Dispatcher
+from umsg.outbound.outbox import Outbox
 
 pytestmark = pytest.mark.slow
 OURS = "+15550100"

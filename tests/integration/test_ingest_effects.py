@@ -27,7 +27,7 @@ from umsg.model import (
     OptOut,
     ThreadHints,
 )
-from umsg.status import next_status
+from umsg.outbound.status import next_status
 
 
 def inbound(key: str, *, sender: str = "alice@example.com", kind: IdentityKind = IdentityKind.EMAIL,

@@ -19,9 +19,8 @@ from storage.db import create_engine, session_factory
 from storage.models import Identity, Job, Message, ThreadRef
 from storage.types import utcnow
 from umsg.core import Core
-from umsg.dispatch import Dispatcher
 from umsg.errors import NotFound, PermanentError, TransientError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.model import (
     Address,
     DeliveryResult,
@@ -32,7 +31,8 @@ from umsg.model import (
     IngestResult,
     Outbound,
 )
-from umsg.outbound import Outbox
+from umsg.outbound.dispatcher import Dispatcher
+from umsg.outbound.outbox import Outbox
 
 SECRET = "hook-secret"
 

@@ -13,7 +13,7 @@ from storage.models import Contact, Conversation, Event
 from umsg.config import QueueSettings
 from umsg.core import Core
 from umsg.errors import Conflict, NotFound
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.queue import Queue
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)

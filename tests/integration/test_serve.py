@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from serve_proc import ServeProcess
 
-from umsg import serve
-from umsg.serve import KeyValueFormatter, run_service, supervise
+from umsg.app import serve
+from umsg.app.serve import KeyValueFormatter, run_service, supervise
 
 
 async def test_first_start_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:

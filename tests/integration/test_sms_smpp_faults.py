@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from channels.sms import gsm
 from storage.models import Message
-from umsg.dispatch import Dispatcher
 from umsg.errors import TransientError
 from umsg.model import Address, IdentityKind, Inbound, Outbound
+from umsg.outbound.dispatcher import Dispatcher
 
 
 async def seed(core: Any, number: str = "+447700900123") -> tuple[int, int]:

@@ -18,7 +18,7 @@ from umsg.config import ChannelSettings, load_settings
 from umsg.errors import ConfigError, PermanentError
 from umsg.instances import ChannelInstances, Instance
 from umsg.model import IdentityKind
-from umsg.routing.actions import forward_channel
+from umsg.routes.actions import forward_channel
 
 # One buildable configuration per built-in type: (type, settings, identity kind, old stamped name).
 TYPES: list[tuple[str, dict[str, Any], IdentityKind | None, str | None]] = [

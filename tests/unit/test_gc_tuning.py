@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from umsg.gc_tuning import THRESHOLDS, settle_after_start
+from umsg.app.gc_tuning import THRESHOLDS, settle_after_start
 
 
 def test_settle_after_start_freezes_what_exists_and_raises_the_thresholds() -> None:

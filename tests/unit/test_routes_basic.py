@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from umsg.model import Address, IdentityKind, Inbound
-from umsg.routing.build import build_table
-from umsg.routing.settings import RouteSettings
+from umsg.routes.build import build_table
+from umsg.routes.settings import RouteSettings
 
 
 def msg(channel: str = "email", to: str = "support@acme.test", sender: str = "a@b.test") -> Inbound:

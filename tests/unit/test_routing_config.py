@@ -9,9 +9,9 @@ import pytest
 
 from umsg.config import load_settings
 from umsg.errors import ConfigError
-from umsg.routing.book import RouteBook
-from umsg.routing.filters import Sample
-from umsg.routing.targets import render
+from umsg.routes.book import RouteBook
+from umsg.routes.filters import Sample
+from umsg.routes.targets import render
 
 GOOD = """
 project = "acme"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from umsg.config import RouteSettings
-from umsg.routing.build import build_route
-from umsg.routing.filters import Sample
-from umsg.routing.table import RouteTable
+from umsg.routes.build import build_route
+from umsg.routes.filters import Sample
+from umsg.routes.table import RouteTable
 
 # Monday 2026-03-30 10:00 UTC; Berlin is on summer time (UTC+2) since Sunday 2026-03-29.
 MONDAY = datetime(2026, 3, 30, 10, 0, tzinfo=UTC)

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from umsg.config import RouteSettings, load_settings
 from umsg.errors import ConfigError
-from umsg.routing.build import parse_table, table_problems
-from umsg.routing.filters import parse_condition
-from umsg.routing.patterns import parse_pattern
+from umsg.routes.build import parse_table, table_problems
+from umsg.routes.filters import parse_condition
+from umsg.routes.patterns import parse_pattern
 
 HOURS: dict[str, Any] = {"tz": "Europe/Berlin", "mon": "08:00-18:00", "holidays": ["2026-12-25"]}
 

@@ -85,8 +85,8 @@ def _shown_url(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from umsg.gc_tuning import settle_after_start
-    from umsg.serve import run_service
+    from umsg.app.gc_tuning import settle_after_start
+    from umsg.app.serve import run_service
 
     settings = settings_from_args(args)
     # This process is the service's own: tune its collector once everything has started.

@@ -24,10 +24,10 @@ from typing import Any, TextIO
 from umsg.cli.common import EXIT_OK, settings_from_args
 from umsg.config import Settings
 from umsg.errors import ConfigError
-from umsg.routing.build import tables_by_project
-from umsg.routing.filters import Sample
-from umsg.routing.probe import make_sample
-from umsg.routing.table import Explanation, RouteTable
+from umsg.routes.build import tables_by_project
+from umsg.routes.filters import Sample
+from umsg.routes.probe import make_sample
+from umsg.routes.table import Explanation, RouteTable
 
 
 def add_to(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -82,8 +82,8 @@ async def _from_store(settings: Settings, slug: str, sample: Sample, attrs_given
 
     from storage.db import create_engine, read_session_factory
     from storage.models import Project
-    from umsg.routing.book import RouteBook
-    from umsg.routing.probe import contact_attributes
+    from umsg.routes.book import RouteBook
+    from umsg.routes.probe import contact_attributes
 
     engine = create_engine(settings.database_url, schema=settings.database.schema_name)
     try:

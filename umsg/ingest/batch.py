@@ -24,7 +24,7 @@ from storage.models import Contact
 from storage.states import OPEN_CONVERSATION
 from umsg.ingest.preread import ID_TABLES, PreReader
 from umsg.ingest.rows import ContactRow, ConvRow, StoredMessage, Work
-from umsg.routing.table import RouteTable
+from umsg.routes.table import RouteTable
 
 _CONTACT_COLUMNS = (Contact.id, Contact.project_id, Contact.display_name, Contact.attributes,
                     Contact.merged_into_id)

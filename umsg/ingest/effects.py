@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Contact, Conversation, Identity, Message
 from umsg.errors import PermanentError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.identity import normalise
 from umsg.ingest.rows import Work
 from umsg.model import AddIdentity, ContinueOn, DeliveryReport, Effect, OptOut
-from umsg.reports import apply_report
+from umsg.outbound.reports import apply_report
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ A message's effects (`umsg.ingest.effects`: opt-out, delivery report, another id
 a channel switch) are applied first, so an auto-reply to a STOP is refused like any
 other message to an opted-out number.
 
-Auto-replies, forwards and a preferred agent's pin go through `umsg.routing.actions`
-and `umsg.outbound` (ORM code shared with the agents' replies), inside the
+Auto-replies, forwards and a preferred agent's pin go through `umsg.routes.actions`
+and `umsg.outbound.outbox` (ORM code shared with the agents' replies), inside the
 batch's transaction and after its rows are written, so the outbound message
 can name the inbound one and the pin its queue item. Their outcomes land in
 the message's flags as before.
@@ -18,11 +18,11 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Contact, Conversation, Message, QueueItem
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.ingest import effects
 from umsg.ingest.rows import Work
 from umsg.instances import ChannelInstances
-from umsg.routing import actions
+from umsg.routes import actions
 
 
 async def run(session: AsyncSession, events: EventLog, work: Work, now: datetime,

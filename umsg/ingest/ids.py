@@ -1,7 +1,7 @@
 """Primary keys for rows the ingest adds through the ORM (route actions), on SQLite only.
 
 The writer's own rows get their ids from the batch's first read (`preread`);
-this hook covers what `umsg.routing.actions` and `umsg.outbound` add.
+this hook covers what `umsg.routes.actions` and `umsg.outbound.outbox` add.
 
 SQLAlchemy cannot batch an INSERT ... RETURNING on SQLite (the order of the
 returned rows is not guaranteed), so without ids every new row of a batch is

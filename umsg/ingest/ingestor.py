@@ -15,13 +15,13 @@ from storage.db import SessionFactory
 from storage.models import Project
 from umsg.config import IngestSettings
 from umsg.errors import PermanentError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.ingest.prepare import conversion_jobs, make_pool, prepare, runs_inline, validate
 from umsg.ingest.steps import STEPS, Step, find_duplicate
 from umsg.ingest.writer import GroupWriter
 from umsg.model import Inbound, IngestResult
 from umsg.queue import Queue
-from umsg.routing.book import RouteBook
+from umsg.routes.book import RouteBook
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from umsg.ingest.prepare import Prepared
-from umsg.routing.targets import RouteDecision
+from umsg.routes.targets import RouteDecision
 
 
 @dataclass(eq=False)

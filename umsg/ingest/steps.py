@@ -24,8 +24,8 @@ from storage.states import OPEN_CONVERSATION, ConversationStatus
 from umsg.errors import UmsgError
 from umsg.ingest.batch import BatchState
 from umsg.ingest.rows import ContactRow, ConvRow, StoredMessage, Work
-from umsg.routing.filters import Sample
-from umsg.routing.table import RouteTable
+from umsg.routes.filters import Sample
+from umsg.routes.table import RouteTable
 
 REOPENABLE = (*OPEN_CONVERSATION, ConversationStatus.RESOLVED)
 

@@ -31,7 +31,7 @@ from storage.db import HeldConnection, SessionFactory
 from storage.types import utcnow
 from umsg.config import IngestSettings
 from umsg.errors import TransientError, UmsgError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.ingest import followup, ids, persist
 from umsg.ingest.batch import BatchState, Want
 from umsg.ingest.prepare import Prepared
@@ -39,7 +39,7 @@ from umsg.ingest.preread import PreReader
 from umsg.ingest.rows import Work
 from umsg.ingest.steps import Ctx, DuplicateMessage, Step
 from umsg.model import Inbound, IngestResult
-from umsg.routing.book import RouteBook
+from umsg.routes.book import RouteBook
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class GroupWriter:
         self._events = events
         self._settings = settings
         self._on_commit = on_commit
-        self._after_commit = after_commit  # a failpoint of crash tests (umsg.failpoints); None in service
+        self._after_commit = after_commit  # a failpoint of crash tests (umsg.app.failpoints); None in service
         self._reader = PreReader()
         self._bulk = Bulk()
         self._conn = HeldConnection(sessions, "the ingest writer")

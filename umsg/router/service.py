@@ -22,7 +22,7 @@ from storage.db import SessionFactory
 from storage.models import QueueItem, RouterOffer
 from storage.types import utcnow
 from umsg.errors import Conflict, NotFound
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.router.engine import Engine
 from umsg.router.explain import explain
 from umsg.router.leader import Leadership

@@ -33,7 +33,7 @@ from storage.models import (
 )
 from storage.states import OfferStatus, QueueItemStatus
 from umsg.errors import Conflict, NotFound
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.router.settings import RouterSettings
 from umsg.router.views import AgentSpec, ItemSpec, Offer
 

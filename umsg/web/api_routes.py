@@ -5,7 +5,7 @@ or `"version": 3` in the body; 0 while nothing is stored). A stale version is
 a 409, an invalid table a 422 whose fields name the offending routes, e.g.
 `body.routes[3] (sales-de)`. A saved table is used by this process's next
 message at once and by every other process within a couple of seconds
-(umsg.routing.book), without a restart.
+(umsg.routes.book), without a restart.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from sqlalchemy import select
 
 from storage.models import Project
 from umsg.errors import ConfigError, NotFound
-from umsg.routing.build import build_route, parse_table
-from umsg.routing.probe import contact_attributes, make_sample
-from umsg.routing.table import RouteTable
+from umsg.routes.build import build_route, parse_table
+from umsg.routes.probe import contact_attributes, make_sample
+from umsg.routes.table import RouteTable
 from umsg.web.auth import actor
 from umsg.web.endpoints import ADMIN, API, STAFF, Ctx, Endpoint, json_ok
 from umsg.web.errors import HttpProblem, bad_request, invalid

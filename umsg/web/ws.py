@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from storage.models import Event
-from umsg.event_fanout import Subscription
+from umsg.events.fanout import Subscription
 from umsg.web import serialize
 from umsg.web.endpoints import Ctx
 from umsg.web.errors import HttpProblem

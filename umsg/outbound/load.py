@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.blobs import BlobStore
 from storage.models import Conversation, Message, Part, ThreadRef
-from umsg.dispatch_claim import Claimed
 from umsg.errors import PermanentError
 from umsg.model import Outbound, OutboundPart, ThreadHints
+from umsg.outbound.claim import Claimed
 
 _MESSAGE = cast(Table, Message.__table__)
 _CONVERSATION = cast(Table, Conversation.__table__)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Job
 from storage.states import JobStatus, MessageStatus
-from umsg.dispatch_status import StatusChange, set_statuses
+from umsg.outbound.status_changes import StatusChange, set_statuses
 
 _JOB = cast(Table, Job.__table__)
 

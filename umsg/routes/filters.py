@@ -3,7 +3,7 @@
 Every filter answers `check(sample) -> Check` (did it match, and in words
 why) and `covers(other)` for a filter of the same kind: True only when every
 sample `other` accepts is certainly accepted by this one. The shadowing check
-(umsg.routing.shadow) builds on `covers`, so a False there only means "not
+(umsg.routes.shadow) builds on `covers`, so a False there only means "not
 proven", never "refuse".
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from umsg.routing.clock import Calendar, TimeWindow
-from umsg.routing.patterns import Pattern, any_matches, set_covers
+from umsg.routes.clock import Calendar, TimeWindow
+from umsg.routes.patterns import Pattern, any_matches, set_covers
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 `Outbox.reply` writes, in one transaction, the outgoing `Message` (status
 `queued`), a `deliver` `Job` naming it and a `message.created` event. Nothing
-is sent here: the `Dispatcher` (umsg/dispatch.py) picks the job up, so a reply
+is sent here: the `Dispatcher` (umsg/outbound/dispatcher.py) picks the job up, so a reply
 survives a crash between the agent pressing send and the peer accepting it.
 
 Attachments are stored as blobs before the transaction and become `attachment` parts of
@@ -33,11 +33,11 @@ from storage.db import SessionFactory
 from storage.models import Conversation, Event, Identity, Job, Message, Part
 from storage.states import MessageStatus
 from storage.types import utcnow
-from umsg.dispatch import Dispatcher, OutboundAdapter
 from umsg.errors import NotFound, PermanentError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.instances import ChannelInstances
 from umsg.model import IdentityKind, OutboundPart
+from umsg.outbound.dispatcher import Dispatcher, OutboundAdapter
 
 __all__ = ["Dispatcher", "OutboundAdapter", "Outbox", "StoredAttachment", "add_reply"]
 

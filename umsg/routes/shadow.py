@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from umsg.routing.table import Route
+    from umsg.routes.table import Route
 
 
 def shadows(earlier: Route, later: Route) -> bool:

@@ -2,10 +2,10 @@
 
 A `Dispatcher` claims due `deliver` jobs under a lease (`FOR UPDATE SKIP
 LOCKED` on PostgreSQL, a single UPDATE under SQLite's write lock; see
-umsg/dispatch_claim.py), so several processes can dispatch from one store. It loads
-the batch's messages in one read (umsg/dispatch_load.py), hands each to the adapter of
+umsg/outbound/claim.py), so several processes can dispatch from one store. It loads
+the batch's messages in one read (umsg/outbound/load.py), hands each to the adapter of
 the channel instance it names (exactly: the instance name is the channel) and records the
-`DeliveryResult` (umsg/dispatch_record.py): sent/delivered, retried later with exponential
+`DeliveryResult` (umsg/outbound/record.py): sent/delivered, retried later with exponential
 backoff, or failed with the peer's words. A job whose dispatcher died mid-send is recovered
 when its lease runs out. One bad job never stops the loop.
 """
@@ -21,13 +21,13 @@ from typing import Protocol
 from storage.blobs import BlobStore
 from storage.db import SessionFactory, read_sessions_for
 from storage.types import utcnow
-from umsg import dispatch_claim
-from umsg.dispatch_claim import Claimed
-from umsg.dispatch_load import Loaded, attach, load_batch
-from umsg.dispatch_record import MAX_BACKOFF_SECONDS, ResultRecorder, backoff
 from umsg.errors import PermanentError, TransientError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.model import DeliveryResult, DeliveryStatus, Outbound
+from umsg.outbound import claim as dispatch_claim
+from umsg.outbound.claim import Claimed
+from umsg.outbound.load import Loaded, attach, load_batch
+from umsg.outbound.record import MAX_BACKOFF_SECONDS, ResultRecorder, backoff
 
 __all__ = ["MAX_BACKOFF_SECONDS", "Dispatcher", "OutboundAdapter", "backoff"]
 

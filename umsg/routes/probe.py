@@ -18,7 +18,7 @@ from umsg.errors import PermanentError
 from umsg.identity import normalise
 from umsg.instances import ChannelInstances
 from umsg.model import IdentityKind
-from umsg.routing.filters import Sample
+from umsg.routes.filters import Sample
 
 
 def guess_kind(channel: str, sender: str, channels: ChannelInstances | None = None) -> IdentityKind:

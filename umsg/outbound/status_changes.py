@@ -5,7 +5,7 @@ Claiming (`sending`), recording results (`sent`, `delivered`, `queued` for a ret
 messages under the write lock, then one executemany per kind of write (the changes, the
 fill-ins, the `message.status` events), all with statements built once, replace the ORM's
 load-then-flush per message.
-Rules kept here: the one status rule (`umsg.status.next_status`): a message already
+Rules kept here: the one status rule (`umsg.outbound.status.next_status`): a message already
 `delivered` or `read` (its receipt can arrive before `send` returns) is never moved back,
 only its missing provider id and send time are filled in; a change with `expect` applies
 only to messages in that state.
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Event, Message
 from storage.states import MessageStatus
-from umsg.status import next_status
+from umsg.outbound.status import next_status
 
 _MESSAGE = cast(Table, Message.__table__)
 _EVENT = cast(Table, Event.__table__)

@@ -1,6 +1,6 @@
 """What the ingest does with a route decision besides enqueueing, inside its transaction.
 
-Auto-replies and forwards become outbound messages through umsg.outbound in
+Auto-replies and forwards become outbound messages through umsg.outbound.outbox in
 the same transaction as the message that caused them, so a crash can never
 answer a message that was not stored, nor store one whose answer is lost.
 An auto-reply is never sent to auto-submitted or bulk mail (the channel sets
@@ -27,12 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Agent, Contact, Conversation, Message, Part, QueueItem, RouterPin
 from storage.states import ConversationStatus
 from umsg.errors import PermanentError
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.instances import ChannelInstances
 from umsg.model import IdentityKind
-from umsg.outbound import StoredAttachment, add_reply
-from umsg.routing.filters import Sample
-from umsg.routing.targets import PreferredAgent, RouteDecision, render
+from umsg.outbound.outbox import StoredAttachment, add_reply
+from umsg.routes.filters import Sample
+from umsg.routes.targets import PreferredAgent, RouteDecision, render
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Per-route problems (a bad pattern, an unknown time zone) come from the
 pydantic validation of `RouteSettings` and carry keys like `routes.2.hours.mon`.
 Table-wide problems are found here: names repeated within a project, a
 non-default route named `default`, and routes an earlier route shadows
-(umsg.routing.shadow), each reported under `routes.N` with both names.
+(umsg.routes.shadow), each reported under `routes.N` with both names.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from umsg.routing import clock
-from umsg.routing.filters import (
+from umsg.routes import clock
+from umsg.routes.filters import (
     ChannelFilter,
     ContactFilter,
     Filter,
@@ -32,11 +32,11 @@ from umsg.routing.filters import (
     parse_keywords,
     parse_names,
 )
-from umsg.routing.patterns import parse_patterns
-from umsg.routing.settings import RouteSettings
-from umsg.routing.shadow import shadowed
-from umsg.routing.table import DEFAULT_NAME, Route, RouteTable
-from umsg.routing.targets import AutoReply, Forward, PreferredAgent, Target
+from umsg.routes.patterns import parse_patterns
+from umsg.routes.settings import RouteSettings
+from umsg.routes.shadow import shadowed
+from umsg.routes.table import DEFAULT_NAME, Route, RouteTable
+from umsg.routes.targets import AutoReply, Forward, PreferredAgent, Target
 
 Problem = tuple[str, str]
 

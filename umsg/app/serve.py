@@ -31,11 +31,11 @@ from aiohttp import web
 
 from channels.base import ChannelAdapter
 from channels.registry import ChannelRegistry
+from umsg.app.failpoints import after_commit_from
 from umsg.channel_rename import adopt_legacy_names, legacy_renames, unconfigured_deliveries
 from umsg.config import Settings
 from umsg.core import Core
-from umsg.failpoints import after_commit_from
-from umsg.outbound import Dispatcher
+from umsg.outbound.outbox import Dispatcher
 from umsg.web import create_app
 
 log = logging.getLogger(__name__)

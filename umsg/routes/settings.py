@@ -1,6 +1,6 @@
 """Typed settings of channel routes (the `[[routes]]` tables) and of the business hours they use.
 
-Each value is validated by the parser that will later read it (`umsg.routing.clock`,
+Each value is validated by the parser that will later read it (`umsg.routes.clock`,
 `filters`, `patterns`, `targets`), so a configuration that loads is one the route table can
 build. `umsg.config.Settings` holds a list of `RouteSettings`.
 """
@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from umsg.routing import clock
-from umsg.routing.filters import parse_condition, parse_keywords, parse_names
-from umsg.routing.patterns import parse_patterns
-from umsg.routing.targets import check_template
+from umsg.routes import clock
+from umsg.routes.filters import parse_condition, parse_keywords, parse_names
+from umsg.routes.patterns import parse_patterns
+from umsg.routes.targets import check_template
 
 
 class _Strict(BaseModel):
@@ -137,7 +137,7 @@ class RouteSettings(_Strict):
     `re:regex`, number range `+4930100..+4930199`); `time` (a daily window); `hours` (a
     business-hours calendar with `open = true|false`); `contact` (attribute conditions such
     as "vip = true", "value >= 1000", all must hold); `language`; `menu` (DTMF selection, as
-    patterns); `keywords` (whole words in subject or text). See umsg/routing/ for semantics.
+    patterns); `keywords` (whole words in subject or text). See umsg/routes/ for semantics.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")

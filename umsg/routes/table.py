@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from umsg.model import Inbound
-from umsg.routing.filters import Check, Filter, Sample
-from umsg.routing.targets import RouteDecision, Target
+from umsg.routes.filters import Check, Filter, Sample
+from umsg.routes.targets import RouteDecision, Target
 
 if TYPE_CHECKING:
     pass

@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.db import SessionFactory
 from storage.models import Job
 from storage.states import JobStatus, MessageStatus
-from umsg.dispatch_claim import Claimed
-from umsg.dispatch_status import StatusChange, set_statuses
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.group_commit import GroupCommit
 from umsg.model import DeliveryResult, DeliveryStatus
+from umsg.outbound.claim import Claimed
+from umsg.outbound.status_changes import StatusChange, set_statuses
 
 log = logging.getLogger(__name__)
 

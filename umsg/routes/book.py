@@ -25,11 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Project, StoredRouteTable
 from storage.types import utcnow
 from umsg.errors import ConfigError, Conflict
-from umsg.events import add_event
+from umsg.events.log import add_event
 from umsg.instances import ChannelInstances
-from umsg.routing.build import build_route, dump_route, parse_table, tables_by_project
-from umsg.routing.settings import RouteSettings
-from umsg.routing.table import RouteTable
+from umsg.routes.build import build_route, dump_route, parse_table, tables_by_project
+from umsg.routes.settings import RouteSettings
+from umsg.routes.table import RouteTable
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ transaction (`umsg.group_commit`), each caller still returning only after its co
 batch of binds is one read and one write of rows (`storage.bulk`: on SQLite two hops to the
 driver's thread, BEGIN IMMEDIATE with the read and COMMIT with the rows) on a connection the
 binds keep between batches. `record` and `apply_report` apply a report by the one status rule
-(`umsg.status`): they move the message's delivery status, emit `message.status`, and on a
+(`umsg.outbound.status`): they move the message's delivery status, emit `message.status`, and on a
 permanent failure mark the recipient's identity as failing so agents (and the
 default-recipient choice) see it.
 """
@@ -28,9 +28,9 @@ from storage.bulk import Bulk, in_list, list_param
 from storage.db import HeldConnection, SessionFactory, read_sessions_for
 from storage.models import ChannelState, Identity, Message, ProviderRef
 from storage.types import utcnow
-from umsg.events import EventLog
+from umsg.events.log import EventLog
 from umsg.group_commit import GroupCommit
-from umsg.status import Move, next_status
+from umsg.outbound.status import Move, next_status
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _parts_key(message_id: int) -> str:
 async def apply_report(s: AsyncSession, events: EventLog, msg: Message, status: str, *, detail: str = "",
                        failing: Collection[str] = (), extra: Mapping[str, Any] | None = None,
                        now: datetime) -> Move:
-    """Apply one delivery report to `msg` in the caller's transaction (the rule: `umsg.status`).
+    """Apply one delivery report to `msg` in the caller's transaction (the rule: `umsg.outbound.status`).
 
     `failing` are recipient addresses the report says fail: their identities are marked
     failing, unless the message had already been delivered (a late failure is kept in the

@@ -6,7 +6,7 @@ an event exists exactly when its change committed. Readers (the websocket
 feed, other processes) page through the log by id with `since`. Within one
 process, `notify()` after a commit wakes `wait()`ers immediately; other
 processes see the rows on their next poll. Live consumers in a process share one reader
-through `subscribe` (see `umsg.event_fanout`) instead of each paging the log.
+through `subscribe` (see `umsg.events.fanout`) instead of each paging the log.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 from storage.db import SessionFactory, read_session_factory
 from storage.models import Event
 from storage.types import utcnow
-from umsg.event_fanout import EventFanout, Subscription
+from umsg.events.fanout import EventFanout, Subscription
 
 # The kinds the core writes (see docs/CONTRACTS.md); other components may add their own.
 KINDS = frozenset(
