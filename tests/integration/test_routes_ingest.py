@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -239,3 +240,25 @@ async def test_preferred_agent_pins_the_item(make_settings: MakeSettings) -> Non
         assert again.queue_item_id is not None
         last = pins[again.queue_item_id]
         assert (last.agent_id, last.kind) == (bob_id, "last_agent")
+
+
+async def test_a_batch_of_auto_replied_messages_gets_one_id_each(make_settings: MakeSettings) -> None:
+    """Replies the ORM adds take ids from the batch's one allocator: what the bulk rows left of the
+    drawn ids, then ids past them; none collides with a bulk row or another reply."""
+    routes = [{"name": "closed", "hours": ALWAYS_CLOSED, "action": "auto_reply", "queue": "general",
+               "template": "We are closed, {contact_name}."}]
+    def waiting(**kw: Any) -> Any:  # the writer waits a moment, so concurrent messages share a batch
+        return make_settings(ingest={"batch_wait_ms": 50.0}, **kw)
+
+    async with routed(waiting, routes) as core:
+        before = core.ingest.stats["batches"]
+        results = await asyncio.gather(*(core.ingest.ingest(inbound(f"burst-{i}", sender=f"c{i}@example.com"))
+                                         for i in range(6)))
+        assert core.ingest.stats["batches"] - before < len(results), "the messages did not share a batch"
+        replies = [await outbound_of(core, r.conversation_id) for r in results]
+        assert all(len(r) == 1 for r in replies), replies
+        ids = [r.message_id for r in results] + [r[0].id for r in replies]
+        assert len(set(ids)) == 12
+        async with core.readers() as s:
+            stored = set((await s.scalars(select(Message.id))).all())
+        assert set(ids) <= stored

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.bulk import Bulk
 from storage.models import Contact
 from storage.states import OPEN_CONVERSATION
+from umsg.ingest.ids import IdAllocator
 from umsg.ingest.preread import ID_TABLES, PreReader
 from umsg.ingest.rows import ContactRow, ConvRow, StoredMessage, Work
 from umsg.routes.table import RouteTable
@@ -71,7 +72,7 @@ class BatchState:
     # (id() of the contact row, channel) -> the conversation a sticky message of this batch used.
     sticky: dict[tuple[int, str], ConvRow] = field(default_factory=dict)
     # Fresh ids for the rows the batch may create, per table (see preread).
-    ids: dict[Table, list[int]] = field(default_factory=dict)
+    ids: IdAllocator = field(default_factory=lambda: IdAllocator({}))
 
     async def load(self, conn: AsyncConnection, reader: PreReader, bulk: Bulk, wants: Sequence[Want],
                    begin: bool = False) -> None:
@@ -101,7 +102,7 @@ class BatchState:
                 drawn = [list(range((top or 0) + 1, (top or 0) + 1 + n)) for top, n in zip(tops, upper, strict=True)]
             else:  # "n", PostgreSQL: one id drawn from the sequence of table number `n1`
                 drawn[row.n1].append(row.n2)
-        self.ids = {t: sorted(got) for t, got in zip(ID_TABLES, drawn, strict=True)}
+        self.ids = IdAllocator(dict(zip(ID_TABLES, drawn, strict=True)))
         await self._load_merged(conn)
         await self._load_conversations(conn, reader, bulk, wants)
 

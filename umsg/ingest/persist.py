@@ -9,7 +9,7 @@ ORM pipeline wrote: dropped, enqueued, conversation created, message created.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.bulk import Bulk
 from storage.models import Blob, Contact, Conversation, Event, Identity, Message, Part, QueueItem, ThreadRef
 from storage.states import MessageStatus, QueueItemStatus
+from umsg.ingest.ids import IdAllocator
 from umsg.ingest.rows import ContactRow, ConvRow, Work
 
 _CONTACT = cast(Table, Contact.__table__)
@@ -46,19 +47,18 @@ def _new_rows(works: Sequence[Work]) -> tuple[list[ContactRow], list[ConvRow]]:
     return list(contacts.values()), list(convs.values())
 
 
-def assign_ids(fresh: Mapping[Table, list[int]], works: Sequence[Work]) -> tuple[list[ContactRow], list[ConvRow]]:
-    """Give every row the batch creates its id from `fresh`; returns the new contacts and conversations."""
+def assign_ids(ids: IdAllocator, works: Sequence[Work]) -> tuple[list[ContactRow], list[ConvRow]]:
+    """Give every row the batch creates its id from `ids`; returns the new contacts and conversations."""
     contacts, convs = _new_rows(works)
-    pool = {t: iter(v) for t, v in fresh.items()}
     for c in contacts:
-        c.id = next(pool[_CONTACT])
+        c.id = ids.take(_CONTACT)
     for conv in convs:
-        conv.id = next(pool[_CONVERSATION])
+        conv.id = ids.take(_CONVERSATION)
     for w in works:
-        w.message_id = next(pool[_MESSAGE])
-        w.part_ids = [next(pool[_PART]) for _ in w.prepared.blobs]
+        w.message_id = ids.take(_MESSAGE)
+        w.part_ids = [ids.take(_PART) for _ in w.prepared.blobs]
         if w.enqueue:
-            w.queue_item_id = next(pool[_QUEUE_ITEM])
+            w.queue_item_id = ids.take(_QUEUE_ITEM)
     return contacts, convs
 
 
@@ -139,14 +139,14 @@ def _changed(table: Table, rows: Sequence[ContactRow | ConvRow], now: datetime) 
     return [("update", table, params) for params in groups.values()]
 
 
-async def write(conn: AsyncConnection, bulk: Bulk, fresh: Mapping[Table, list[int]], works: Sequence[Work],
+async def write(conn: AsyncConnection, bulk: Bulk, ids: IdAllocator, works: Sequence[Work],
                 now: datetime, *, commit: bool = False) -> bool:
     """Insert the rows of `works` (decided by the steps) and update the stored rows they changed.
 
-    `fresh` holds enough unused ids per table for every row the batch can create.
+    `ids` was drawn with enough ids per table for every row the batch can create.
     With `commit`, COMMIT may go in the same pipeline (`Bulk.write`); returns whether it did.
     """
-    contacts, convs = assign_ids(fresh, works)
+    contacts, convs = assign_ids(ids, works)
     rows = _Rows()
     for w in works:
         rows.add(w, now)

@@ -32,7 +32,7 @@ from storage.types import utcnow
 from umsg.config import IngestSettings
 from umsg.errors import TransientError, UmsgError
 from umsg.events.log import EventLog
-from umsg.ingest import followup, ids, persist
+from umsg.ingest import followup, persist
 from umsg.ingest.batch import BatchState, Want
 from umsg.ingest.prepare import Prepared
 from umsg.ingest.preread import PreReader
@@ -200,9 +200,9 @@ class GroupWriter:
         Returns True when the transaction is committed already: on SQLite, when
         no route action needs the ORM, COMMIT is queued behind the row writes.
         """
-        ids.install(session)  # for the rows route actions add through the ORM
         state = BatchState(utcnow())
         await state.load(conn, self._reader, self._bulk, [_want(p) for p in batch], begin=True)
+        state.ids.install(session)  # the rows effects and route actions add through the ORM
         for pid in {p.project_id for p in batch}:
             state.tables[pid] = await self._routes.table_for(session, pid)
         works: list[Work] = []
