@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from storage.blobs import BlobStore
 from storage.db import SessionFactory
 from umsg.channel_jobs import ChannelJobs
+from umsg.chat_support import ChatSupport
 from umsg.events.log import EventLog
 from umsg.instances import ChannelInstances
 from umsg.outbound.outbox import Outbox
@@ -35,6 +36,9 @@ class ChannelServices:
     reports: DeliveryReports
     # Durable, leased work of a channel's own kind (umsg/channel_jobs.py): fax send jobs.
     jobs: ChannelJobs
+    # What a live chat reads and writes besides ingest (umsg/chat_support.py): a visitor's
+    # history and files, ratings, typing, transcripts, whether an agent is available.
+    chat: ChatSupport
     # Base URL of the web app as users reach it ("" when not configured): for links in mail.
     public_url: str
     # The project messages go to when a channel does not name one.

@@ -31,6 +31,10 @@ Messages carry the instance's name (`[channels.NAME]`, any name) as their channe
 adapter answers on chat visitor ids, so a reply on it goes to the visitor's chat.
 
 Connection string: `webchat://?secret=...&project=default` (query keys name settings).
+
+Of the core it uses only `ChannelServices`: `chat` (umsg/chat_support.py: a visitor's history
+and files, opening state, email, ratings, typing, transcripts; `store.py` turns its rows into
+the widget's frames), `outbox` (transcripts), `blobs` (downloads) and `events` (live notices).
 """
 
 from channels.webchat.adapter import WebchatChannel

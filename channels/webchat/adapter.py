@@ -69,11 +69,10 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
 
     def bind(self, services: ChannelServices) -> None:
         email_channel = self._email_channel(services)
-        store = ChatStore(services, channel=self.channel, project=self.settings.project,
+        store = ChatStore(services.chat, channel=self.channel, project=self.settings.project,
                           instance=self.instance_name)
         self._rt = ChatRuntime(settings=self.settings, scope=self.instance_name, channel=self.channel,
-                               email_channel=email_channel, store=store, outbox=services.outbox,
-                               blobs=services.blobs, events=services.events)
+                               email_channel=email_channel, store=store, services=services)
 
     def web_routes(self) -> Sequence[web.RouteDef]:
         def rt() -> ChatRuntime:
@@ -113,7 +112,7 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
         rt = self.runtime
         rt.sink = sink
         self._stop.clear()
-        follower = NoticeFollower(rt.events, rt.store, rt.hub)
+        follower = NoticeFollower(rt.services, rt.store, rt.hub)
         self._follower = asyncio.create_task(follower.run(self._stop), name=f"webchat-notices-{self.instance_name}")
 
     async def send(self, outbound: Outbound) -> DeliveryResult:

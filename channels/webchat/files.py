@@ -108,7 +108,7 @@ async def download(rt: ChatRuntime, request: web.Request) -> web.StreamResponse:
     if part is None:
         raise web.HTTPNotFound()
     try:
-        data = await rt.blobs.get(part.sha256)
+        data = await rt.services.blobs.get(part.sha256)
     except FileNotFoundError:
         raise web.HTTPNotFound() from None
     name = safe_filename(part.filename)

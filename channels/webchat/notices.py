@@ -1,8 +1,9 @@
 """Live notices for visitors, read from the event log: agent joined / left, agent typing, closed.
 
 One follower task per channel instance subscribes to the process's event reader
-(`EventLog.subscribe`: no query of its own per commit). It only looks up what an event
-names when a visitor of that conversation is connected here.
+(`ChannelServices.events.subscribe`: no query of its own per commit). It only looks up what
+an event names (through the core's chat queries, `ChannelServices.chat`) when a visitor of
+that conversation is connected here.
 
 - `router.accepted` (an agent took the offer) and `conversation.updated` with a new
   `assignee_id` → `{"type": "agent", "event": "joined", "name": ...}`
@@ -21,8 +22,7 @@ from typing import Any
 
 from channels.webchat.hub import Hub
 from channels.webchat.store import ChatStore
-from storage.models import Event
-from umsg.events.log import EventLog
+from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ CLOSED_STATES = ("resolved", "closed")
 
 
 class NoticeFollower:
-    def __init__(self, events: EventLog, store: ChatStore, hub: Hub) -> None:
-        self._events = events
+    def __init__(self, services: ChannelServices, store: ChatStore, hub: Hub) -> None:
+        self._events = services.events
         self._store = store
         self._hub = hub
 
@@ -42,15 +42,14 @@ class NoticeFollower:
                 try:
                     for ev in await sub.next(POLL_SECONDS):
                         if self._hub.any_watched():
-                            await self._handle(ev)
+                            await self._handle(ev.kind, ev.payload or {})
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("web chat notices: handling an event failed; going on with the next")
 
-    async def _handle(self, ev: Event) -> None:
-        p: dict[str, Any] = ev.payload or {}
-        if ev.kind == "router.accepted":
+    async def _handle(self, kind: str, p: dict[str, Any]) -> None:
+        if kind == "router.accepted":
             conv = await self._store.offer_conversation(int(p.get("offer_id") or 0))
             if conv is not None and self._hub.watching(conv):
                 await self._joined(conv, p.get("agent_id"))
@@ -58,7 +57,7 @@ class NoticeFollower:
         conv_id = p.get("conversation_id")
         if not isinstance(conv_id, int) or not self._hub.watching(conv_id):
             return
-        if ev.kind == "conversation.updated":
+        if kind == "conversation.updated":
             changes = p.get("changes") or {}
             if "assignee_id" in changes:
                 to = changes["assignee_id"].get("to")
@@ -69,9 +68,9 @@ class NoticeFollower:
             status = (changes.get("status") or {}).get("to")
             if status in CLOSED_STATES:
                 await self._hub.to_conversation(conv_id, {"type": "closed", "conversation_id": conv_id})
-        elif ev.kind == "queue.released" and str(p.get("owner") or "").startswith("agent:"):
+        elif kind == "queue.released" and str(p.get("owner") or "").startswith("agent:"):
             await self._hub.to_conversation(conv_id, {"type": "agent", "event": "left"})
-        elif ev.kind == "conversation.typing" and p.get("who") == "agent":
+        elif kind == "conversation.typing" and p.get("who") == "agent":
             await self._hub.to_conversation(conv_id, {"type": "typing", "on": bool(p.get("on", True))})
 
     async def _joined(self, conv_id: int, agent_id: Any) -> None:

@@ -1,10 +1,16 @@
-"""What the socket, upload and file handlers of one chat instance share (kept on the adapter)."""
+"""What the socket, upload and file handlers of one chat instance share (kept on the adapter).
+
+Everything of the core it uses comes from `ChannelServices` (umsg/services.py): the queries
+through `store` (over `services.chat`), the outbox for transcripts and the blob store for
+downloads (`services.outbox`, `services.blobs`), the event log for live notices
+(`services.events`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -13,12 +19,13 @@ from channels.webchat.hub import Hub
 from channels.webchat.ids import verify_visitor
 from channels.webchat.settings import WebchatSettings
 from channels.webchat.store import ChatStore
-from storage.blobs import BlobStore
-from storage.types import utcnow
 from umsg.errors import TransientError
-from umsg.events.log import EventLog
 from umsg.model import Inbound, IngestResult
-from umsg.outbound.outbox import Outbox
+from umsg.services import ChannelServices
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -28,12 +35,10 @@ class ChatRuntime:
     channel: str  # the channel messages carry: the instance name
     email_channel: str  # the instance offline follow-ups and transcripts go out on
     store: ChatStore
-    outbox: Outbox
-    blobs: BlobStore
-    events: EventLog
+    services: ChannelServices
     hub: Hub = field(default_factory=Hub)
     sink: InboundSink | None = None
-    clock: Callable[[], datetime] = utcnow
+    clock: Callable[[], datetime] = _utcnow
 
     async def ingest(self, inbound: Inbound) -> IngestResult:
         if self.sink is None:

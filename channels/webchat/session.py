@@ -165,7 +165,7 @@ class ChatSession:
             conv = self._conversation()
             text = await rt.store.transcript(conv)
             try:
-                await rt.outbox.reply(project_id=await rt.store.project_id(), conversation_id=conv,
+                await rt.services.outbox.reply(project_id=await rt.store.project_id(), conversation_id=conv,
                                       channel=rt.email_channel, to=self.visitor.email,
                                       subject=f"{rt.settings.title}: your transcript", text=text,
                                       automatic=True, flags={"transcript": True})
