@@ -1,0 +1,162 @@
+"""Conversations as the web API reads and changes them: the queries and writes behind the handlers.
+
+The caller (umsg.web.api_conversations) parses, authorises and serialises; this module
+runs the SQL. Visibility of one conversation stays the caller's decision: each method
+that loads one by id calls the caller's `guard` with its project id before anything else,
+inside the same transaction. A change and its `conversation.updated` event commit together.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.db import SessionFactory
+from storage.models import AgentProject, Conversation, Message, Part
+from storage.states import ConversationStatus
+from umsg.errors import NotFound, PermanentError
+from umsg.events.log import EventLog
+
+# Raises (NotFound, usually) when the caller may not see an object of this project.
+Guard = Callable[[int | None], None]
+
+# What `update` may change; the other columns belong to ingest and the router.
+CHANGEABLE = frozenset({"status", "priority", "assignee_id", "snoozed_until"})
+
+
+class AssigneeNotInProject(PermanentError):
+    """The new assignee does not work in the conversation's project."""
+
+    def __init__(self, agent_id: int) -> None:
+        self.agent_id = agent_id
+        super().__init__(f"agent {agent_id} does not work in this conversation's project")
+
+
+class SnoozeNeedsUntil(PermanentError):
+    """A snoozed conversation needs a time to wake up."""
+
+    def __init__(self) -> None:
+        super().__init__("required when status is snoozed")
+
+
+@dataclass(frozen=True)
+class ConversationFilter:
+    """Which conversations a listing returns: a page after `after_id`, in the given projects."""
+
+    after_id: int
+    limit: int
+    project_ids: Collection[int] | None = None  # None: every project
+    status: str | None = None
+    channel: str | None = None
+    assignee: int | Literal["none"] | None = None  # "none": unassigned only
+
+
+class Conversations:
+    """Reads and changes of conversations for the web API."""
+
+    def __init__(self, sessions: SessionFactory, events: EventLog) -> None:
+        self.sessions = sessions
+        self.events = events
+
+    async def page(self, f: ConversationFilter) -> list[Conversation]:
+        """A page of conversations ordered by id."""
+        stmt = select(Conversation).where(Conversation.id > f.after_id).order_by(Conversation.id).limit(f.limit)
+        if f.project_ids is not None:
+            stmt = stmt.where(Conversation.project_id.in_(sorted(f.project_ids)))
+        if f.status is not None:
+            stmt = stmt.where(Conversation.status == f.status)
+        if f.channel is not None:
+            stmt = stmt.where(Conversation.channel == f.channel)
+        if f.assignee == "none":
+            stmt = stmt.where(Conversation.assignee_id.is_(None))
+        elif f.assignee is not None:
+            stmt = stmt.where(Conversation.assignee_id == f.assignee)
+        async with self.sessions() as s:
+            return list((await s.scalars(stmt)).all())
+
+    async def get(self, conversation_id: int, guard: Guard) -> Conversation:
+        """One conversation; NotFound when it does not exist, whatever `guard` raises when hidden."""
+        async with self.sessions() as s:
+            return await _load(s, conversation_id, guard)
+
+    async def messages(
+        self, conversation_id: int, guard: Guard, *, after_id: int, limit: int
+    ) -> list[tuple[Message, list[Part]]]:
+        """A page of the conversation's messages ordered by id, each with its parts."""
+        async with self.sessions() as s:
+            conv = await _load(s, conversation_id, guard)
+            msgs = (
+                await s.scalars(
+                    select(Message)
+                    .where(Message.conversation_id == conv.id, Message.id > after_id)
+                    .order_by(Message.id)
+                    .limit(limit)
+                )
+            ).all()
+            parts: dict[int, list[Part]] = defaultdict(list)
+            if msgs:
+                rows = await s.scalars(
+                    select(Part).where(Part.message_id.in_([m.id for m in msgs])).order_by(Part.id)
+                )
+                for p in rows:
+                    parts[p.message_id].append(p)
+        return [(m, parts[m.id]) for m in msgs]
+
+    async def update(
+        self, conversation_id: int, guard: Guard, given: Mapping[str, Any], *, by: str
+    ) -> Conversation:
+        """Set the `given` fields (names in CHANGEABLE); report what changed, `by` whom.
+
+        Raises AssigneeNotInProject or SnoozeNeedsUntil for a change that cannot be made.
+        Setting a status other than snoozed without `snoozed_until` ends the snooze.
+        Nothing is written (and no event sent) when no value differs.
+        """
+        unknown = set(given) - CHANGEABLE
+        if unknown:
+            raise ValueError(f"conversation fields not changeable here: {sorted(unknown)}")
+        async with self.sessions() as s:
+            conv = await _load(s, conversation_id, guard)
+            assignee = given.get("assignee_id")
+            if assignee is not None and await s.get(AgentProject, (assignee, conv.project_id)) is None:
+                raise AssigneeNotInProject(assignee)
+            new = dict(given)
+            status = new.get("status", conv.status)
+            if status == ConversationStatus.SNOOZED and new.get("snoozed_until", conv.snoozed_until) is None:
+                raise SnoozeNeedsUntil()
+            if "status" in new and status != ConversationStatus.SNOOZED and "snoozed_until" not in new:
+                new["snoozed_until"] = None  # waking up (or closing) ends the snooze
+            changes: dict[str, dict[str, Any]] = {}
+            for name, value in new.items():
+                old = getattr(conv, name)
+                if old != value:
+                    changes[name] = {"from": _plain(old), "to": _plain(value)}
+                    setattr(conv, name, value)
+            if changes:
+                self.events.add(
+                    s,
+                    conv.project_id,
+                    "conversation.updated",
+                    {"conversation_id": conv.id, "changes": changes, "by": by},
+                )
+                await s.commit()
+                self.events.notify()
+                await s.refresh(conv)
+        return conv
+
+
+async def _load(s: AsyncSession, conversation_id: int, guard: Guard) -> Conversation:
+    conv = await s.get(Conversation, conversation_id)
+    if conv is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    guard(conv.project_id)
+    return conv
+
+
+def _plain(value: Any) -> Any:
+    """A value as an event payload carries it: datetimes as ISO 8601 text."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
