@@ -70,9 +70,9 @@ async def test_fax_machine_calling_voicemail_is_received_as_a_fax(make_settings:
         async with core.readers() as s:
             rows = list(await s.scalars(select(Message)))
         assert proc.returncode == 0, (out.decode(errors="replace")[-1500:], [m.flags for m in rows])
-        (msg,) = [m for m in rows if m.channel == "fax"]
+        (msg,) = [m for m in rows if m.channel == "faxdesk"]
         assert msg.flags["result"] == "complete" and msg.flags["fax_number"] == "+15550300", msg.flags
-        assert not [m for m in rows if m.channel == "voicemail"]  # no voicemail item for the fax call
+        assert not [m for m in rows if m.channel == "vm"]  # no voicemail item for the fax call
         async with core.readers() as s:
             tiff = await s.scalar(select(Part).where(Part.message_id == msg.id, Part.role == "document"))
         assert tiff is not None

@@ -110,7 +110,7 @@ async def test_baresip_message_is_stored_faithfully_and_mailed(make_settings: An
 
         async def stored() -> Message | None:
             async with core.readers() as s:
-                return await s.scalar(select(Message).where(Message.channel == "voicemail"))
+                return await s.scalar(select(Message).where(Message.channel == "vm"))
 
         msg = await poll(core, stored, "the stored voicemail")
         async with core.readers() as s:
@@ -159,7 +159,7 @@ async def test_caller_hanging_up_after_one_second_leaves_a_missed_call(make_sett
 
         async def stored() -> Message | None:
             async with core.readers() as s:
-                return await s.scalar(select(Message).where(Message.channel == "voicemail"))
+                return await s.scalar(select(Message).where(Message.channel == "vm"))
 
         msg = await poll(core, stored, "the missed call")
         meta = msg.flags.get("meta", msg.flags)

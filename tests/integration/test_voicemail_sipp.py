@@ -38,7 +38,7 @@ async def voicemail(core: Core, tmp_path: Path) -> AsyncIterator[VoicemailChanne
 
 async def voicemails(core: Core) -> list[Message]:
     async with core.readers() as s:
-        return list(await s.scalars(select(Message).where(Message.channel == "voicemail")))
+        return list(await s.scalars(select(Message).where(Message.channel == "vm")))
 
 
 async def test_uac_pcap_digit_is_carried_on_the_item(core: Core, voicemail: VoicemailChannel, tmp_path: Path) -> None:
