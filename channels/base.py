@@ -24,7 +24,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from storage.db import SessionFactory
 from umsg.errors import ConfigError
 from umsg.model import DeliveryResult, IdentityKind, Inbound, IngestResult, Outbound
 
@@ -266,17 +265,13 @@ class ChannelAdapter(ABC, Generic[S]):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def bind(self, services: ChannelServices) -> None:
+    def bind(self, services: ChannelServices) -> None:  # noqa: B027 - optional hook, not abstract
         """Receive the core's services (umsg/services.py) before `start`.
 
-        The default hands the store to `bind_store`; adapters that queue mail, read blobs,
-        consult routes or report deliveries override this and keep what they need.
+        Adapters that keep durable channel state (`services.state`: IMAP checkpoints, SMS
+        long-message parts), queue mail, read stored messages or blobs, consult routes or
+        report deliveries override this and keep what they need; most need nothing.
         """
-        self.bind_store(services.sessions)
-
-    def bind_store(self, sessions: SessionFactory) -> None:  # noqa: B027 - optional hook, not abstract
-        """Receive the store before `start`, for adapters that keep durable channel state
-        (IMAP checkpoints, delivery reports); most adapters need nothing and ignore it."""
 
     def bind_peers(self, adapters: Mapping[str, ChannelAdapter[Any]]) -> None:  # noqa: B027 - optional hook
         """Receive every configured adapter by instance name, after all were built and before

@@ -24,6 +24,7 @@ from storage.db import SessionFactory, create_engine, read_session_factory, sess
 from storage.migrate import upgrade
 from storage.models import Project
 from umsg.channel_jobs import ChannelJobs
+from umsg.channel_state import ChannelStateStore, StoredMessages
 from umsg.chat_support import ChatSupport
 from umsg.config import Settings
 from umsg.events.log import EventLog
@@ -119,6 +120,7 @@ class Core:
             sessions=self.sessions, readers=self.readers, blobs=self.blobs, routes=self.routes,
             events=self.events, outbox=self.outbox, reports=self.reports,
             jobs=ChannelJobs(self.sessions, self.readers),
+            state=ChannelStateStore(self.sessions, self.readers), messages=StoredMessages(self.readers),
             chat=ChatSupport(self.sessions, self.readers, self.events),
             public_url=self.settings.http.public_url or "", default_project=self.settings.project,
             channels=self.channels,

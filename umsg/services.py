@@ -1,8 +1,8 @@
 """What the core offers a channel adapter beyond the ingest sink.
 
 `ChannelServices` is handed to every adapter (`ChannelAdapter.bind`) before `start`. Adapters
-use it for durable channel state (`sessions` with `storage.models.ChannelState`), reading
-stored media (`blobs`), the route table (`routes`: which dialled number a channel answers),
+use it for durable channel state (`state`), reading stored messages (`messages`) and
+media (`blobs`), the route table (`routes`: which dialled number a channel answers),
 queueing automatic mail (`outbox.notify`), delivery reports (`reports`), leased jobs of
 its own (`jobs`: work that outlives `send`, shared by every gateway on the store), links back to
 the inbox (`public_url`) and the configured channel instances (`channels`). It is the whole
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from storage.blobs import BlobStore
 from storage.db import SessionFactory
 from umsg.channel_jobs import ChannelJobs
+from umsg.channel_state import ChannelStateStore, StoredMessages
 from umsg.chat_support import ChatSupport
 from umsg.events.log import EventLog
 from umsg.instances import ChannelInstances
@@ -36,6 +37,11 @@ class ChannelServices:
     reports: DeliveryReports
     # Durable, leased work of a channel's own kind (umsg/channel_jobs.py): fax send jobs.
     jobs: ChannelJobs
+    # Durable channel state (umsg/channel_state.py): keyed JSON facts per instance (IMAP
+    # checkpoints, SMS long-message parts), each write committed on return.
+    state: ChannelStateStore
+    # Stored messages read back (project, flags, parts): what a notification attaches.
+    messages: StoredMessages
     # What a live chat reads and writes besides ingest (umsg/chat_support.py): a visitor's
     # history and files, ratings, typing, transcripts, whether an agent is available.
     chat: ChatSupport

@@ -12,8 +12,8 @@ addresses (`550 5.1.1` otherwise), answers `250` only after the ingest
 commit, `451 4.3.0` on any internal failure, `552` over SIZE, `421` over
 `max_sessions`; optional STARTTLS (`tls_cert`/`tls_key`) and AUTH
 (`auth_users`). IMAP (aioimaplib): poll + IDLE with UIDVALIDITY/UID
-checkpoints in ChannelState, `\\Seen` (or a move to `imap_move_to`) only after
-commit, poisoned messages set aside; needs `bind_store(core.sessions)`.
+checkpoints in the channel state (`ChannelServices.state`), `\\Seen` (or a move to
+`imap_move_to`) only after commit, poisoned messages set aside; needs `bind(services)`.
 Outbound (aiosmtplib): Message-ID `<umsg.ID.TOKEN@domain>`, In-Reply-To,
 References, `Reply-To: reply+TOKEN@domain`, `[#TOKEN]` subject tag,
 `Auto-Submitted: auto-replied` on automatic mail; 4xx/connection problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from channels.base import Capabilities, ChannelAdapter, InboundSink, Limits, Listener
 from channels.email.compose import compose, sender_address
@@ -13,10 +13,12 @@ from channels.email.imap_poller import ImapPoller
 from channels.email.settings import EmailSettings, email_url_fields
 from channels.email.smtp_sender import send_via_relay
 from channels.email.smtp_server import Handler, Parser, start_server
-from channels.email.store import EmailStore
-from storage.db import SessionFactory
 from umsg.errors import PermanentError, TransientError
 from umsg.model import DeliveryResult, IdentityKind, Outbound
+
+if TYPE_CHECKING:
+    from umsg.channel_state import ChannelStateStore
+    from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
 
     def __init__(self, instance_name: str, settings: EmailSettings) -> None:
         super().__init__(instance_name, settings)
-        self._store: EmailStore | None = None
+        self._state: ChannelStateStore | None = None
         self._sink: InboundSink | None = None
         self._server: asyncio.Server | None = None
         self.handler: Handler | None = None
@@ -57,9 +59,9 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
         return [f"mail domain {self.settings.domain}",
                 *(f"mail address {a}" for a in self.settings.owned if a != own)]
 
-    def bind_store(self, sessions: SessionFactory) -> None:
-        """Give the adapter the store for IMAP checkpoints and delivery reports (before `start`)."""
-        self._store = EmailStore(sessions)
+    def bind(self, services: ChannelServices) -> None:
+        """Keep the channel state store: the IMAP mailbox checkpoints in it (before `start`)."""
+        self._state = services.state
 
     @property
     def port(self) -> int | None:
@@ -77,9 +79,9 @@ class EmailChannel(ChannelAdapter[EmailSettings]):
             self._server = await start_server(self.settings, self.handler)
             log.info("email channel %s listening for SMTP on port %s", self.instance_name, self.port)
         if self.settings.imap is not None:
-            if self._store is None:
-                raise TransientError("the IMAP mailbox needs the store: call bind_store() before start()")
-            self.poller = ImapPoller(self.settings, self.channel, sink, self._store)
+            if self._state is None:
+                raise TransientError("the IMAP mailbox needs the core's services: call bind() before start()")
+            self.poller = ImapPoller(self.settings, self.channel, sink, self._state)
             task = asyncio.create_task(self.poller.run(self._stop), name=f"imap-{self.instance_name}")
             self._tasks.append(task)
 

@@ -3,7 +3,8 @@
 Per round: fetch every UID above the checkpoint (BODY.PEEK, so nothing is
 marked read early), hand each message to the sink, and only after the
 commit set `\\Seen` (or move it to the `imap_move_to` folder) and advance
-the checkpoint (UIDVALIDITY + UID in ChannelState). A crash between commit and checkpoint refetches one message,
+the checkpoint (UIDVALIDITY + UID, `ChannelServices.state` under the mailbox's key). A crash
+between commit and checkpoint refetches one message,
 which the dedupe key absorbs. A message that can never be stored is set
 aside: flagged `$UmsgRejected`, its UID and reason kept in the checkpoint,
 and the round goes on. Every IMAP step runs under a timeout (aioimaplib's
@@ -19,7 +20,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aioimaplib
@@ -27,9 +28,11 @@ import aioimaplib
 from channels.base import InboundSink
 from channels.email.parse import Envelope, to_inbound
 from channels.email.settings import EmailSettings
-from channels.email.store import EmailStore
 from umsg.errors import PermanentError
 from umsg.model import Inbound
+
+if TYPE_CHECKING:
+    from umsg.channel_state import ChannelStateStore
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +78,14 @@ def _ok(resp: Any, what: str) -> Any:
 
 
 class ImapPoller:
-    def __init__(self, settings: EmailSettings, channel: str, sink: InboundSink, store: EmailStore,
+    def __init__(self, settings: EmailSettings, channel: str, sink: InboundSink, state: ChannelStateStore,
                  *, on_set_aside: Callable[[int, str], None] | None = None) -> None:
         if settings.imap is None:
             raise ValueError("no imap URL configured")
         self.settings = settings
         self.channel = channel
         self.sink = sink
-        self.store = store
+        self.state = state
         self.mailbox = Mailbox.from_url(settings.imap)
         self.on_set_aside = on_set_aside
         self.rounds = 0  # completed poll rounds, for tests and health checks
@@ -136,11 +139,11 @@ class ImapPoller:
 
     async def poll_once(self, client: aioimaplib.IMAP4, uidvalidity: int) -> int:
         """Ingest every new message; returns how many were handed over."""
-        state = await self.store.load(self.channel, self.mailbox.key)
+        state = await self.state.get(self.channel, self.mailbox.key) or {}
         if state.get("uidvalidity") != uidvalidity:
             # A new UIDVALIDITY means old UIDs mean nothing: rescan; dedupe drops what we have.
             state = {"uidvalidity": uidvalidity, "last_uid": 0, "set_aside": []}
-            await self.store.save(self.channel, self.mailbox.key, state)
+            await self.state.put(self.channel, self.mailbox.key, state)
         last = int(state.get("last_uid", 0))
         resp = _ok(await self._step(client.uid_search(f"UID {last + 1}:*", charset=None), "SEARCH"), "SEARCH")
         uids = sorted({int(t) for line in resp.lines[:-1] for t in bytes(line).split() if t.isdigit()})
@@ -176,7 +179,7 @@ class ImapPoller:
                 failures = dict(state.get("failures") or {})
                 failures[str(uid)] = failures.get(str(uid), 0) + 1
                 state["failures"] = failures
-                await self.store.save(self.channel, self.mailbox.key, state)
+                await self.state.put(self.channel, self.mailbox.key, state)
                 if failures[str(uid)] < MAX_TRIES:
                     raise
                 reason = f"ingest failed {MAX_TRIES} times: {type(exc).__name__}: {exc}"
@@ -195,7 +198,7 @@ class ImapPoller:
                 self.on_set_aside(uid, reason)
         state["last_uid"] = uid
         state.get("failures", {}).pop(str(uid), None)
-        await self.store.save(self.channel, self.mailbox.key, state)
+        await self.state.put(self.channel, self.mailbox.key, state)
 
     # -- waiting --------------------------------------------------------------------------------
 

@@ -20,8 +20,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import select
-
 from channels.base import Capabilities, ChannelAdapter, ChannelRef, InboundSink, Limits, Listener
 from channels.fax.compose import render_outbound
 from channels.fax.notify import DEFAULT_TEMPLATE, render
@@ -34,7 +32,6 @@ from channels.telephony.call import Call, CallApp
 from channels.telephony.spandsp import SpanDsp
 from channels.telephony.uac import ClientConfig, SipClient
 from channels.telephony.uas import ServerConfig, SipServer
-from storage.models import Message, Part
 from umsg.errors import ConversionError, PermanentError
 from umsg.identity import normalise_phone
 from umsg.model import Address, DeliveryResult, DeliveryStatus, IdentityKind, Inbound, InboundPart, Outbound
@@ -194,14 +191,12 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
                       conversation_id: int) -> None:
         services = self._services
         assert services is not None and box.owner_email is not None
-        async with services.readers() as s:
-            project_id = await s.scalar(select(Message.project_id).where(Message.id == message_id))
-            rows = (await s.execute(select(Part.id, Part.media_type).where(Part.message_id == message_id))).all()
-        if project_id is None:
+        stored = await services.messages.get(message_id)
+        if stored is None:
             return
         # The PDF when the converter made one; the TIFF itself otherwise.
-        attach = [pid for pid, kind in rows if kind == "application/pdf"] or \
-                 [pid for pid, kind in rows if kind == "image/tiff"][:1]
+        attach = [p.id for p in stored.parts if p.media_type == "application/pdf"] or \
+                 [p.id for p in stored.parts if p.media_type == "image/tiff"][:1]
         out = reception.outcome
         values = {"sender": call.caller, "station": out.remote_id, "number": call.dialled,
                   "time": reception.started_at.isoformat(timespec="seconds"), "pages": out.pages,
@@ -209,7 +204,7 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
                   "ecm": "yes" if out.ecm else "no", "resolution": f"{out.x_dpi}x{out.y_dpi}",
                   "transport": out.transport, "link": services.conversation_link(conversation_id)}
         await services.outbox.notify(
-            project_id=project_id, conversation_id=conversation_id, channel=self.settings.notify_channel,
+            project_id=stored.project_id, conversation_id=conversation_id, channel=self.settings.notify_channel,
             to=box.owner_email, subject=render(box.email_subject, values),
             text=render(box.email_template or DEFAULT_TEMPLATE, values), attach_part_ids=attach)
 
@@ -228,9 +223,8 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
     async def _flags(self, message_id: int) -> dict[str, Any]:
         if self._services is None:
             return {}
-        async with self._services.readers() as s:
-            flags = await s.scalar(select(Message.flags).where(Message.id == message_id))
-        return dict(flags or {})
+        stored = await self._services.messages.get(message_id, parts=False)
+        return stored.flags if stored is not None else {}
 
     async def aclose(self) -> None:
         if self.outgoing is not None:

@@ -50,7 +50,7 @@ class SmsChannel(ChannelAdapter[SmppSettings]):
         if self.services is None:
             raise TransientError("the SMPP channel needs the core's services: call bind() before start()")
         self._stop.clear()
-        self.mo = MoHandler(self.settings, self.channel, sink, self.services.sessions, self.services.reports)
+        self.mo = MoHandler(self.settings, self.channel, sink, self.services)
         self.links = [SmppLink(self.settings, f"{self.instance_name}#{i}", self.mo, self.mo.expect)
                       for i in range(self.settings.connections)]
         self.pool = SmppPool(self.links, self.settings)

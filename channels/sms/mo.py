@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from channels.base import InboundSink
 from channels.sms import pdu as P
@@ -25,9 +26,10 @@ from channels.sms.reassembly import Assembled, Reassembler
 from channels.sms.receipts import id_forms, numeric_forms, parse_receipt
 from channels.sms.settings import SmppSettings
 from channels.sms.text import decode_text
-from storage.db import SessionFactory
 from umsg.errors import PermanentError, TransientError
-from umsg.outbound.reports import DeliveryReports
+
+if TYPE_CHECKING:
+    from umsg.services import ChannelServices
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,12 @@ ACK_BITS = 0x08 | 0x10  # SME delivery / manual acknowledgement: nothing for an 
 class MoHandler:
     """Turns deliver_sm into receipts and ingested texts for one channel."""
 
-    def __init__(self, settings: SmppSettings, channel: str, sink: InboundSink,
-                 sessions: SessionFactory, reports: DeliveryReports | None) -> None:
+    def __init__(self, settings: SmppSettings, channel: str, sink: InboundSink, services: ChannelServices) -> None:
         self.settings = settings
         self.channel = channel
         self._sink = sink
-        self._sessions = sessions
-        self._reports = reports
-        self.reassembler = Reassembler(sessions, channel, settings.reassembly_timeout_seconds,
+        self._reports = services.reports
+        self.reassembler = Reassembler(services.state, channel, settings.reassembly_timeout_seconds,
                                        float(settings.dedupe_window_seconds))
         # SMSC ids accepted but maybe not yet bound in the store: a receipt for one waits for its bind.
         self._binding: dict[str, asyncio.Event] = {}
@@ -92,7 +92,6 @@ class MoHandler:
 
     async def _lookup(self, receipt_id: str) -> int | None:
         """The message bound to this id exactly, else to the same number in either base."""
-        assert self._reports is not None
         found = await self._reports.find(self.channel, [receipt_id])
         if found is None:
             found = await self._reports.find(self.channel, numeric_forms(receipt_id))
@@ -116,7 +115,7 @@ class MoHandler:
 
     async def _receipt(self, sm: ShortMessage) -> None:
         receipt = parse_receipt(sm)
-        if receipt is None or self._reports is None:
+        if receipt is None:
             log.warning("smpp %s: a receipt names no message: %r", self.channel, sm.short_message[:160])
             return
         self.stats["receipts"] += 1

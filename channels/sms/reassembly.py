@@ -1,9 +1,9 @@
 """Durable reassembly of long MO messages whose parts arrive as separate deliver_sm.
 
-Each part is written to `ChannelState` (key `mo:<group>:<seq>`) and committed before
-its deliver_sm_resp, so an acknowledged part survives a crash. When the last part is
-in, the whole text is ingested and the parts deleted, leaving a `done:` marker so a
-part the SMSC resends (it missed our resp) is recognised. Parts still incomplete after
+Each part is written to the channel state (`ChannelServices.state`, key `mo:<group>:<seq>`)
+and committed before its deliver_sm_resp, so an acknowledged part survives a crash. When the
+last part is in, the whole text is ingested, then the parts are deleted and a `done:` marker
+left in one commit, so a part the SMSC resends (it missed our resp) is recognised. Parts still incomplete after
 `timeout` are ingested as they are, flagged `incomplete`, by `sweep`.
 """
 
@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from typing import TYPE_CHECKING
 
 from channels.sms.concat import Segment, assemble
-from storage.db import SessionFactory
-from storage.models import ChannelState
+
+if TYPE_CHECKING:
+    from umsg.channel_state import ChannelStateStore, StateItem
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ def group_of(source: str, destination: str, seg: Segment) -> str:
 class Reassembler:
     """Stores parts of one channel's long messages and says when a message is whole."""
 
-    def __init__(self, sessions: SessionFactory, channel: str, timeout: float, done_ttl: float) -> None:
-        self._sessions = sessions
+    def __init__(self, state: ChannelStateStore, channel: str, timeout: float, done_ttl: float) -> None:
+        self._state = state
         self._channel = channel
         self.timeout = timeout
         self._done_ttl = done_ttl
@@ -65,31 +64,19 @@ class Reassembler:
         Returns None while parts are missing, or when this message was already assembled.
         """
         group = group_of(source, destination, seg)
-        now = time.time()
-        async with self._sessions() as s:
-            done = await s.scalar(select(ChannelState).where(
-                ChannelState.channel == self._channel, ChannelState.key == f"done:{group}"))
-            if done is not None and done.value.get("parts", {}).get(str(seg.seq)) == _digest(seg.payload.hex()):
-                return None  # a resend of a part we already assembled and acknowledged
-            s.add(ChannelState(channel=self._channel, key=f"mo:{group}:{seg.seq:03d}", value={
-                "hex": seg.payload.hex(), "dc": seg.data_coding, "src": source, "dst": destination,
-                "total": seg.total, "seq": seg.seq, "form": seg.form, "at": now}))
-            try:
-                await s.commit()
-            except IntegrityError:
-                await s.rollback()  # the same part again: stored already
-        rows = await self._parts(f"mo:{group}:")
+        done = await self._state.get(self._channel, f"done:{group}")
+        if done is not None and done.get("parts", {}).get(str(seg.seq)) == _digest(seg.payload.hex()):
+            return None  # a resend of a part we already assembled and acknowledged
+        # False when the same part is stored already: nothing to add.
+        await self._state.add(self._channel, f"mo:{group}:{seg.seq:03d}", {
+            "hex": seg.payload.hex(), "dc": seg.data_coding, "src": source, "dst": destination,
+            "total": seg.total, "seq": seg.seq, "form": seg.form, "at": time.time()})
+        rows = await self._state.items(self._channel, f"mo:{group}:")
         if len(rows) < seg.total:
             return None
-        return await self._finish(group, rows)
+        return self._finish(group, rows)
 
-    async def _parts(self, prefix: str) -> list[ChannelState]:
-        async with self._sessions() as s:
-            return list((await s.scalars(select(ChannelState).where(
-                ChannelState.channel == self._channel,
-                ChannelState.key.startswith(prefix, autoescape=True)))).all())
-
-    async def _finish(self, group: str, rows: list[ChannelState]) -> Assembled:
+    def _finish(self, group: str, rows: list[StateItem]) -> Assembled:
         first = rows[0].value
         parts = {int(r.value["seq"]): bytes.fromhex(r.value["hex"]) for r in rows}
         total = int(first["total"])
@@ -98,37 +85,24 @@ class Reassembler:
                          {str(k): v.hex() for k, v in parts.items()}, int(first["dc"]), str(first["form"]))
 
     async def forget(self, assembled: Assembled) -> None:
-        """After the ingest committed: drop the parts and remember the group as done."""
-        async with self._sessions() as s:
-            await s.execute(delete(ChannelState).where(
-                ChannelState.channel == self._channel,
-                ChannelState.key.startswith(f"mo:{assembled.group}:", autoescape=True)))
-            # References recycle (8 bits): the marker knows each part's bytes, so only a true resend matches.
-            marker = {"at": time.time(), "parts": {k: _digest(v) for k, v in assembled.parts_hex.items()}}
-            row = await s.scalar(select(ChannelState).where(
-                ChannelState.channel == self._channel, ChannelState.key == f"done:{assembled.group}"))
-            if row is None:
-                s.add(ChannelState(channel=self._channel, key=f"done:{assembled.group}", value=marker))
-            else:
-                row.value = marker
-            try:
-                await s.commit()
-            except IntegrityError:
-                await s.rollback()
+        """After the ingest committed: drop the parts and remember the group as done (one commit)."""
+        # References recycle (8 bits): the marker knows each part's bytes, so only a true resend matches.
+        marker = {"at": time.time(), "parts": {k: _digest(v) for k, v in assembled.parts_hex.items()}}
+        await self._state.change(self._channel, delete_prefixes=[f"mo:{assembled.group}:"],
+                                 put={f"done:{assembled.group}": marker})
 
     async def expired(self) -> list[Assembled]:
         """Groups whose first part is older than the timeout, as incomplete messages; prunes done markers."""
         now = time.time()
-        groups: dict[str, list[ChannelState]] = {}
-        for row in await self._parts("mo:"):
+        groups: dict[str, list[StateItem]] = {}
+        for row in await self._state.items(self._channel, "mo:"):
             groups.setdefault(row.key[3:].rsplit(":", 1)[0], []).append(row)
         out = []
         for group, rows in groups.items():
             if min(float(r.value["at"]) for r in rows) + self.timeout <= now:
-                out.append(await self._finish(group, rows))
-        async with self._sessions() as s:
-            stale = [r.id for r in await self._parts("done:") if float(r.value["at"]) + self._done_ttl <= now]
-            if stale:
-                await s.execute(delete(ChannelState).where(ChannelState.id.in_(stale)))
-                await s.commit()
+                out.append(self._finish(group, rows))
+        stale = [r.key for r in await self._state.items(self._channel, "done:")
+                 if float(r.value["at"]) + self._done_ttl <= now]
+        if stale:
+            await self._state.change(self._channel, delete=stale)
         return out

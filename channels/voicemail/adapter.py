@@ -13,8 +13,6 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from sqlalchemy import select
-
 from channels.base import Capabilities, ChannelAdapter, ChannelRef, InboundSink, Limits, Listener
 from channels.telephony.call import Call, CallApp
 from channels.telephony.uas import AppLookup, ServerConfig, SipServer
@@ -22,7 +20,6 @@ from channels.voicemail.audio import load_greeting, to_wav
 from channels.voicemail.flow import Recording, VoicemailApp
 from channels.voicemail.notify import DEFAULT_TEMPLATE, render
 from channels.voicemail.settings import MailboxSettings, VoicemailSettings
-from storage.models import Message, Part
 from umsg.errors import ConfigError, PermanentError
 from umsg.model import Address, DeliveryResult, IdentityKind, Inbound, InboundPart, Outbound
 
@@ -165,17 +162,15 @@ class VoicemailChannel(ChannelAdapter[VoicemailSettings]):
                       conversation_id: int) -> None:
         services = self._services
         assert services is not None and box.owner_email is not None
-        async with services.readers() as s:
-            project_id = await s.scalar(select(Message.project_id).where(Message.id == message_id))
-            mp3_ids = list(await s.scalars(select(Part.id).where(
-                Part.message_id == message_id, Part.media_type == "audio/mpeg")))
-        if project_id is None:
+        stored = await services.messages.get(message_id)
+        if stored is None:
             return
+        mp3_ids = [p.id for p in stored.parts if p.media_type == "audio/mpeg"]
         values = {"caller": call.caller, "caller_name": call.caller_name or "", "number": call.dialled,
                   "time": rec.started_at.isoformat(timespec="seconds"), "duration": f"{rec.seconds:.1f}",
                   "digits": rec.digits, "link": services.conversation_link(conversation_id)}
         await services.outbox.notify(
-            project_id=project_id, conversation_id=conversation_id, channel=self.settings.notify_channel,
+            project_id=stored.project_id, conversation_id=conversation_id, channel=self.settings.notify_channel,
             to=box.owner_email, subject=render(box.email_subject, values),
             text=render(box.email_template or DEFAULT_TEMPLATE, values), attach_part_ids=mp3_ids)
 

@@ -43,7 +43,7 @@ async def dovecot() -> AsyncIterator[Dovecot]:
 def make_channel(core: Any, dovecot: Dovecot, **overrides: Any) -> EmailChannel:
     settings = EmailSettings(domain=DOMAIN, imap=dovecot.url(), imap_timeout_seconds=10, **overrides)
     channel = EmailChannel("mailbox", settings)
-    channel.bind_store(core.sessions)
+    channel.bind(core.channel_services())
     return channel
 
 
@@ -207,7 +207,7 @@ async def test_a_server_that_never_answers_does_not_hang_the_poller(core: Any) -
     port = server.sockets[0].getsockname()[1]
     settings = EmailSettings(domain=DOMAIN, imap=f"imap://u:p@127.0.0.1:{port}/INBOX", imap_timeout_seconds=0.5)
     channel = EmailChannel("mailbox", settings)
-    channel.bind_store(core.sessions)
+    channel.bind(core.channel_services())
     await channel.start(core.ingest.ingest)
     try:
         # the greeting times out, the poller backs off and tries again

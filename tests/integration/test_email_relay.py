@@ -101,7 +101,7 @@ async def rig(core: Any) -> AsyncIterator[Rig]:
     settings = EmailSettings(domain=DOMAIN, addresses=[SUPPORT], listen="127.0.0.1:0",
                              relay=f"smtp://127.0.0.1:{postfix.port}")
     channel = EmailChannel("mail", settings)
-    channel.bind_store(core.sessions)
+    channel.bind(core.channel_services())
     await channel.start(core.ingest.ingest)
     postfix.routes = {DOMAIN: channel.port or 0, "bouncing.test": remote.sockets[0].getsockname()[1]}
     try:
