@@ -194,7 +194,7 @@ async def test_email_to_fax_route_faxes_the_mail_and_its_pdf(make_settings: Any,
         assert sent.flags["delivery"]["pages"] == 2  # the mail's text and the PDF's page
         async with core.readers() as s:
             got = (await s.scalars(select(Message).where(Message.direction == "in"))).all()
-        assert [m.channel for m in got] == ["email", "fax"]  # the mail, then the fax it became
+        assert [m.channel for m in got] == ["email", "faxin"]  # the mail, then the fax it became
         assert got[1].flags["fax"]["pages"] == 2 and got[1].flags["result"] == "complete"
     finally:
         await sending.aclose()
