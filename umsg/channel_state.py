@@ -14,7 +14,7 @@ parts): the fax and voicemail channels attach the stored parts to their notifica
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,9 +57,20 @@ class ChannelStateStore:
                 .order_by(ChannelState.key))).all()
         return [StateItem(key, dict(value)) for key, value in rows]
 
-    async def add(self, channel: str, key: str, value: Mapping[str, Any]) -> bool:
-        """Store `value` unless `key` already holds one (committed on return); False when it did."""
+    async def add(self, channel: str, key: str, value: Mapping[str, Any], *,
+                  unless: tuple[str, Callable[[dict[str, Any]], bool]] | None = None) -> bool | None:
+        """Store `value` unless `key` already holds one (committed on return); False when it did.
+
+        With `unless=(other_key, test)`, nothing is stored and None returned when `other_key`
+        holds a value for which `test` is true, read in the same write transaction: a
+        concurrent `change` cannot slip in between the check and the insert.
+        """
         async with self._sessions() as s:
+            if unless is not None:
+                other = await s.scalar(select(ChannelState.value).where(
+                    ChannelState.channel == channel, ChannelState.key == unless[0]))
+                if other is not None and unless[1](dict(other)):
+                    return None
             s.add(ChannelState(channel=channel, key=key, value=dict(value)))
             try:
                 await s.commit()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from channels.sms.concat import Segment, assemble
 
@@ -64,13 +64,19 @@ class Reassembler:
         Returns None while parts are missing, or when this message was already assembled.
         """
         group = group_of(source, destination, seg)
-        done = await self._state.get(self._channel, f"done:{group}")
-        if done is not None and done.get("parts", {}).get(str(seg.seq)) == _digest(seg.payload.hex()):
-            return None  # a resend of a part we already assembled and acknowledged
-        # False when the same part is stored already: nothing to add.
-        await self._state.add(self._channel, f"mo:{group}:{seg.seq:03d}", {
+        digest = _digest(seg.payload.hex())
+
+        def assembled_already(done: dict[str, Any]) -> bool:
+            return bool(done.get("parts", {}).get(str(seg.seq)) == digest)
+
+        # The marker is read in the part's own transaction, so a `forget` committing meanwhile
+        # cannot make a resent part of a finished message look like the start of a new one.
+        added = await self._state.add(self._channel, f"mo:{group}:{seg.seq:03d}", {
             "hex": seg.payload.hex(), "dc": seg.data_coding, "src": source, "dst": destination,
-            "total": seg.total, "seq": seg.seq, "form": seg.form, "at": time.time()})
+            "total": seg.total, "seq": seg.seq, "form": seg.form, "at": time.time()},
+            unless=(f"done:{group}", assembled_already))
+        if added is None:
+            return None  # a resend of a part we already assembled and acknowledged
         rows = await self._state.items(self._channel, f"mo:{group}:")
         if len(rows) < seg.total:
             return None

@@ -91,3 +91,17 @@ async def test_stored_messages_read_project_flags_and_parts(core: Core) -> None:
     assert next(p.size for p in stored.parts if p.filename == "fax.pdf") == len(b"%PDF-1.4\n")
     bare = await messages.get(result.message_id, parts=False)
     assert bare is not None and bare.parts == () and bare.project_id == stored.project_id
+
+
+async def test_add_unless_reads_its_guard_in_the_same_transaction(core: Core) -> None:
+    state = core.channel_services().state
+    await state.put("sms", "done:g1", {"parts": {"1": "abc"}})
+
+    def same_part(done: dict[str, object]) -> bool:
+        return done.get("parts") == {"1": "abc"}
+
+    assert await state.add("sms", "mo:g1:001", {"hex": "00"}, unless=("done:g1", same_part)) is None
+    assert await state.get("sms", "mo:g1:001") is None  # refused: nothing stored
+    assert await state.add("sms", "mo:g2:001", {"hex": "00"}, unless=("done:g2", same_part)) is True
+    assert await state.add("sms", "mo:g2:001", {"hex": "01"}, unless=("done:g2", same_part)) is False
+    assert await state.get("sms", "mo:g2:001") == {"hex": "00"}
