@@ -117,7 +117,7 @@ class Core:
     def channel_services(self) -> ChannelServices:
         """What channel adapters may use of the core (see umsg/services.py)."""
         return ChannelServices(
-            sessions=self.sessions, readers=self.readers, blobs=self.blobs, routes=self.routes,
+            blobs=self.blobs, routes=self.routes,
             events=self.events, outbox=self.outbox, reports=self.reports,
             jobs=ChannelJobs(self.sessions, self.readers),
             state=ChannelStateStore(self.sessions, self.readers), messages=StoredMessages(self.readers),

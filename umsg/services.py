@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from storage.blobs import BlobStore
-from storage.db import SessionFactory
 from umsg.channel_jobs import ChannelJobs
 from umsg.channel_state import ChannelStateStore, StoredMessages
 from umsg.chat_support import ChatSupport
@@ -28,8 +27,6 @@ from umsg.routes.book import RouteBook
 
 @dataclass(frozen=True)
 class ChannelServices:
-    sessions: SessionFactory
-    readers: SessionFactory
     blobs: BlobStore
     routes: RouteBook
     events: EventLog
