@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import func, select
 
-from umsg.cli.common import EXIT_OK, settings_from_args
+from umsg.cli.common import EXIT_OK, settings_from_args, store_engine
 from umsg.config import Settings
 from umsg.errors import ConfigError
 
@@ -42,23 +42,14 @@ def add_to(sub: Any, with_config: Callable[[argparse.ArgumentParser], None]) -> 
 
 async def _stored(settings: Settings) -> dict[str, tuple[int, int]]:
     """channel -> (messages, conversations) in the store."""
-    from storage.db import create_engine, read_session_factory
-    from storage.migrate import upgrade
+    from storage.db import read_session_factory
     from storage.models import Conversation, Message
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url, schema = settings.database_url, settings.database.schema_name
-    engine = create_engine(url, schema=schema)
-    try:
-        if settings.database.auto_migrate:
-            await upgrade(engine, url, schema)
-        async with read_session_factory(engine)() as s:
-            rows = await s.execute(select(Message.channel, func.count()).group_by(Message.channel))
-            messages = {c: n for c, n in rows}
-            rows = await s.execute(select(Conversation.channel, func.count()).group_by(Conversation.channel))
-            convs = {c: n for c, n in rows}
-    finally:
-        await engine.dispose()
+    async with store_engine(settings) as engine, read_session_factory(engine)() as s:
+        rows = await s.execute(select(Message.channel, func.count()).group_by(Message.channel))
+        messages = {c: n for c, n in rows}
+        rows = await s.execute(select(Conversation.channel, func.count()).group_by(Conversation.channel))
+        convs = {c: n for c, n in rows}
     return {c: (int(messages.get(c, 0)), int(convs.get(c, 0))) for c in sorted({*messages, *convs})}
 
 
@@ -85,19 +76,11 @@ def _list(settings: Settings, out: TextIO) -> int:
 
 
 async def _rename(settings: Settings, old: str, new: str) -> Any:
-    from storage.db import create_engine, session_factory
-    from storage.migrate import upgrade
+    from storage.db import session_factory
     from umsg.channel_rename import rename_channel
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url, schema = settings.database_url, settings.database.schema_name
-    engine = create_engine(url, schema=schema)
-    try:
-        if settings.database.auto_migrate:
-            await upgrade(engine, url, schema)
+    async with store_engine(settings) as engine:
         return await rename_channel(session_factory(engine), old, new, source="cli")
-    finally:
-        await engine.dispose()
 
 
 def _do_rename(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

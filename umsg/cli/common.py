@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from umsg.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,3 +37,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if getattr(args, "log_level", None) is not None:
         overrides["log_level"] = args.log_level
     return load_settings(path, overrides=overrides)
+
+
+@contextlib.asynccontextmanager
+async def store_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """An engine on the configured store, brought up to date first when `auto_migrate` says so
+    (the data folder made if missing), disposed on exit: for commands that touch the store."""
+    from storage.db import create_engine
+    from storage.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url, schema = settings.database_url, settings.database.schema_name
+    engine = create_engine(url, schema=schema)
+    try:
+        if settings.database.auto_migrate:
+            await upgrade(engine, url, schema)
+        yield engine
+    finally:
+        await engine.dispose()

@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from umsg import __version__
 from umsg.cli import channel_names as cli_channels
 from umsg.cli import routes as cli_routes
-from umsg.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, settings_from_args
+from umsg.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, settings_from_args, store_engine
 from umsg.cli.importer import add_import_command, cmd_import
 from umsg.config import Settings, check_file
 from umsg.errors import ConfigError, UmsgError
@@ -201,17 +201,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 async def _create_token(settings: Settings, role: str, agent_login: str | None, label: str | None) -> str:
-    from storage.db import create_engine, session_factory
-    from storage.migrate import upgrade
+    from storage.db import session_factory
     from storage.models import Agent
     from umsg.tokens import create_token
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url, schema = settings.database_url, settings.database.schema_name
-    engine = create_engine(url, schema=schema)
-    try:
-        if settings.database.auto_migrate:
-            await upgrade(engine, url, schema)
+    async with store_engine(settings) as engine:
         sessions = session_factory(engine)
         agent_id: int | None = None
         if agent_login is not None:
@@ -220,8 +214,6 @@ async def _create_token(settings: Settings, role: str, agent_login: str | None, 
             if agent_id is None:
                 raise ConfigError([("agent", f"no agent with login {agent_login!r}")])
         return await create_token(sessions, role, agent_id=agent_id, label=label)
-    finally:
-        await engine.dispose()
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
