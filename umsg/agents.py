@@ -1,6 +1,6 @@
 """Agents as the web API reads and changes them: the queries and writes behind the handlers.
 
-The caller (umsg.web.api_agents) parses, checks roles and serialises; this module runs the
+The caller (umsg.web.api.agents) parses, checks roles and serialises; this module runs the
 SQL. Which agents a caller sees is a query (colleagues in one of its projects, and itself),
 so it is applied here from the caller's `Principal`.
 

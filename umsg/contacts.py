@@ -1,6 +1,6 @@
 """Contacts as the web API reads and changes them: the queries behind the handlers.
 
-The caller (umsg.web.api_contacts) parses, authorises and serialises; this module runs
+The caller (umsg.web.api.contacts) parses, authorises and serialises; this module runs
 the SQL and hands merges to `umsg.contacts_merge` inside its own transaction. As in
 `umsg.conversations`, each object loaded by id goes through the caller's `guard` first.
 """

@@ -1,6 +1,6 @@
 """Conversations as the web API reads and changes them: the queries and writes behind the handlers.
 
-The caller (umsg.web.api_conversations) parses, authorises and serialises; this module
+The caller (umsg.web.api.conversations) parses, authorises and serialises; this module
 runs the SQL. Visibility of one conversation stays the caller's decision: each method
 that loads one by id calls the caller's `guard` with its project id before anything else,
 inside the same transaction. A change and its `conversation.updated` event commit together.

@@ -16,7 +16,7 @@ from sqlalchemy import exc as sa_exc
 from umsg.config import Settings
 from umsg.core import Core
 from umsg.errors import ConfigError, Conflict, ConversionError, NotFound, PermanentError, TransientError
-from umsg.web.api_messages import content_disposition
+from umsg.web.api.messages import content_disposition
 from umsg.web.errors import HttpProblem, error_middleware
 from umsg.web.keys import CORE
 from umsg.web.parsing import MAX_DEPTH, decode_json, parse_id, validate

@@ -6,24 +6,15 @@ exactly these; adding a route means adding a row here.
 
 from __future__ import annotations
 
-from umsg.web import api_agents as agents
-from umsg.web import (
-    api_canned,
-    api_inbox,
-    api_router,
-    api_routes,
-    api_session,
-    api_typing,
-    api_wall,
-    health,
-    media,
-    metrics,
-    ws,
-)
-from umsg.web import api_contacts as contacts
-from umsg.web import api_conversations as conversations
-from umsg.web import api_messages as messages
-from umsg.web import api_queue as queue
+from umsg.web import health, media, metrics, ws
+from umsg.web.api import agents, contacts, conversations, messages, queue
+from umsg.web.api import canned as api_canned
+from umsg.web.api import inbox as api_inbox
+from umsg.web.api import router as api_router
+from umsg.web.api import routes as api_routes
+from umsg.web.api import session as api_session
+from umsg.web.api import typing_signal as api_typing
+from umsg.web.api import wall as api_wall
 from umsg.web.endpoints import ADMIN, API, STAFF, Endpoint
 from umsg.web.openapi import openapi_json
 from umsg.web.schemas import (
