@@ -4,6 +4,8 @@ An agent token acts as its own agent (it may only settle its own offers and
 send its own heartbeat); staff tokens may act for any agent they can see.
 These commands change the store by compare-and-swap in whichever process
 serves the request; the router leader learns of them from the event outbox.
+The other reads and the queue memberships are `umsg.router.admin.RouterAdmin`;
+this module parses, authorises and serialises.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field, model_validator
-from sqlalchemy import delete, select
 
-from storage.models import AgentProject, AgentQueue, Project, RouterOffer
-from umsg.errors import NotFound
+from storage.models import RouterOffer
+from umsg.conversations import Guard
+from umsg.router.admin import Membership, NotAgentsProject, OfferFilter, RouterAdmin
+from umsg.tokens import Principal
 from umsg.web.auth import ensure_visible
 from umsg.web.endpoints import API, STAFF, Ctx, Endpoint, json_ok
 from umsg.web.errors import forbidden, invalid
@@ -69,28 +72,28 @@ def _acting_agent(ctx: Ctx) -> int | None:
     return ctx.me.agent_id if ctx.me.role == "agent" else None
 
 
+def _admin(ctx: Ctx) -> RouterAdmin:
+    return RouterAdmin(ctx.core.sessions, ctx.core.readers, ctx.core.events)
+
+
+def _visible_to(principal: Principal, offer_id: int) -> Guard:
+    def guard(project_id: int | None) -> None:
+        ensure_visible(principal, project_id, "offer", offer_id)
+    return guard
+
+
 async def _visible_offer(ctx: Ctx) -> int:
     offer_id = ctx.path_id("offer")
-    async with ctx.core.readers() as s:
-        offer = await s.get(RouterOffer, offer_id)
-    if offer is None:
-        raise NotFound(f"offer {offer_id} not found")
-    ensure_visible(ctx.me, offer.project_id, "offer", offer_id)
+    await _admin(ctx).offer(offer_id, _visible_to(ctx.me, offer_id))
     return offer_id
 
 
 async def list_offers(ctx: Ctx) -> web.StreamResponse:
     q = ctx.query_as(OfferQuery)
-    agent_id = _acting_agent(ctx) or q.agent_id
-    stmt = select(RouterOffer).order_by(RouterOffer.id.desc()).limit(q.limit)
-    if agent_id is not None:
-        stmt = stmt.where(RouterOffer.agent_id == agent_id)
-    if q.status is not None:
-        stmt = stmt.where(RouterOffer.status == q.status)
-    if ctx.me.project_ids is not None:
-        stmt = stmt.where(RouterOffer.project_id.in_(sorted(ctx.me.project_ids)))
-    async with ctx.core.readers() as s:
-        offers = (await s.scalars(stmt)).all()
+    offers = await _admin(ctx).offers(OfferFilter(
+        limit=q.limit, agent_id=_acting_agent(ctx) or q.agent_id, status=q.status,
+        project_ids=ctx.me.project_ids,
+    ))
     return json_ok({"items": [_offer(o) for o in offers]})
 
 
@@ -109,12 +112,8 @@ async def transfer_item(ctx: Ctx) -> web.StreamResponse:
     body = ctx.body_as(TransferIn)
     item_id = ctx.path_id("queue item")
     item = await ctx.core.queue.get(item_id, project_ids=ctx.me.project_ids)
-    if body.agent_id is not None:
-        async with ctx.core.readers() as s:
-            member = await s.scalar(select(AgentProject.agent_id).where(
-                AgentProject.agent_id == body.agent_id, AgentProject.project_id == item.project_id))
-        if member is None:
-            raise invalid([{"field": "body.agent_id", "message": "the agent does not work in the item's project"}])
+    if body.agent_id is not None and not await _admin(ctx).works_in(body.agent_id, item.project_id):
+        raise invalid([{"field": "body.agent_id", "message": "the agent does not work in the item's project"}])
     if ctx.me.role == "agent" and item.agent_id != ctx.me.agent_id:
         raise forbidden("an agent may only transfer items it holds")
     moved = await ctx.core.router.transfer(item_id, agent_id=body.agent_id, queue=body.queue)
@@ -136,25 +135,11 @@ async def heartbeat(ctx: Ctx) -> web.StreamResponse:
 async def put_agent_queues(ctx: Ctx) -> web.StreamResponse:
     body = ctx.body_as(QueuesIn)
     agent_id = ctx.path_id("agent")
-    async with ctx.core.sessions() as s:
-        projects = {slug: pid for slug, pid in (await s.execute(select(Project.slug, Project.id))).all()}
-        mine = set((await s.scalars(select(AgentProject.project_id)
-                                    .where(AgentProject.agent_id == agent_id))).all())
-        if not mine:
-            raise NotFound(f"agent {agent_id} not found (or in no project)")
-        rows = []
-        for i, m in enumerate(body.queues):
-            pid = projects.get(m.project)
-            if pid is None or pid not in mine or not ctx.me.sees(pid):
-                raise invalid([{"field": f"body.queues[{i}].project",
-                                "message": f"agent {agent_id} does not work in project '{m.project}'"}])
-            rows.append(AgentQueue(agent_id=agent_id, project_id=pid, queue=m.queue, rank=m.rank))
-        await s.execute(delete(AgentQueue).where(AgentQueue.agent_id == agent_id))
-        s.add_all(rows)
-        for pid in sorted(mine):
-            ctx.core.events.add(s, pid, "router.agent", {"agent_id": agent_id, "queues": len(rows)})
-        await s.commit()
-    ctx.core.events.notify()
+    memberships = [Membership(project=m.project, queue=m.queue, rank=m.rank) for m in body.queues]
+    try:
+        await _admin(ctx).set_queues(agent_id, memberships, ctx.me.sees)
+    except NotAgentsProject as exc:
+        raise invalid([{"field": f"body.queues[{exc.index}].project", "message": str(exc)}]) from exc
     return json_ok({"agent_id": agent_id, "queues": [m.model_dump() for m in body.queues]})
 
 

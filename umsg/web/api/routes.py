@@ -5,23 +5,20 @@ or `"version": 3` in the body; 0 while nothing is stored). A stale version is
 a 409, an invalid table a 422 whose fields name the offending routes, e.g.
 `body.routes[3] (sales-de)`. A saved table is used by this process's next
 message at once and by every other process within a couple of seconds
-(umsg.routes.book), without a restart.
+(umsg.routes.book), without a restart. The queries and the write are
+`umsg.routes.admin.RouteTables`; this module parses, authorises and serialises.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from storage.models import Project
-from umsg.errors import ConfigError, NotFound
-from umsg.routes.build import build_route, parse_table
-from umsg.routes.probe import contact_attributes, make_sample
-from umsg.routes.table import RouteTable
+from umsg.errors import ConfigError
+from umsg.routes.admin import ProjectRef, RouteTables
+from umsg.routes.probe import make_sample
 from umsg.web.auth import actor
 from umsg.web.endpoints import ADMIN, API, STAFF, Ctx, Endpoint, json_ok
 from umsg.web.errors import HttpProblem, bad_request, invalid
@@ -63,13 +60,12 @@ class RouteTestIn(_In):
     routes: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_ROUTES)
 
 
-async def _project(ctx: Ctx, slug: str | None) -> tuple[int, str]:
-    slug = slug or ctx.core.settings.project
-    async with ctx.core.readers() as s:
-        pid = await s.scalar(select(Project.id).where(Project.slug == slug))
-    if pid is None or not ctx.me.sees(pid):
-        raise NotFound(f"project {slug!r} not found")
-    return pid, slug
+def _tables(ctx: Ctx) -> RouteTables:
+    return RouteTables(ctx.core.routes, ctx.core.sessions, ctx.core.readers, ctx.core.events)
+
+
+async def _project(ctx: Ctx, slug: str | None) -> ProjectRef:
+    return await _tables(ctx).project(slug or ctx.core.settings.project, ctx.me.sees)
 
 
 def _etag(version: int) -> dict[str, str]:
@@ -92,17 +88,16 @@ def _fields(problems: list[tuple[str, str]], prefix: str = "body") -> list[dict[
 
 async def get_routes(ctx: Ctx) -> web.StreamResponse:
     q = ctx.query_as(RoutesQuery)
-    pid, slug = await _project(ctx, q.project)
-    async with ctx.core.readers() as s:
-        eff = await ctx.core.routes.effective(s, pid, slug)
-    body = {"project": slug, "version": eff.version, "source": eff.source, "routes": eff.routes,
+    project = await _project(ctx, q.project)
+    eff = await _tables(ctx).effective(project)
+    body = {"project": project.slug, "version": eff.version, "source": eff.source, "routes": eff.routes,
             "implicit_default": eff.table.routes[-1].builtin, "order": list(eff.table.names())}
     return web.json_response(body, headers=_etag(eff.version))
 
 
 async def put_routes(ctx: Ctx) -> web.StreamResponse:
     body = ctx.body_as(RoutesPut)
-    pid, slug = await _project(ctx, body.project)
+    project = await _project(ctx, body.project)
     header = _if_match(ctx.request)
     if header is not None and body.version is not None and header != body.version:
         raise bad_request(f"If-Match ({header}) and body.version ({body.version}) disagree")
@@ -111,38 +106,27 @@ async def put_routes(ctx: Ctx) -> web.StreamResponse:
         raise HttpProblem(428, "precondition_required", "name the version you read: If-Match: \"N\" "
                           "or \"version\": N (0 when none is stored)")
     try:
-        async with ctx.core.sessions() as s:
-            version = await ctx.core.routes.save(s, pid, slug, body.routes, expected, actor(ctx.me))
-            await s.commit()
+        version, eff = await _tables(ctx).save(project, body.routes, expected, by=actor(ctx.me))
     except ConfigError as exc:
         raise invalid(_fields(exc.problems)) from exc
-    ctx.core.routes.forget(pid)
-    ctx.core.events.notify()
-    async with ctx.core.readers() as s:
-        eff = await ctx.core.routes.effective(s, pid, slug)
-    saved = {"project": slug, "version": version, "source": eff.source, "routes": eff.routes}
+    saved = {"project": project.slug, "version": version, "source": eff.source, "routes": eff.routes}
     return web.json_response(saved, headers=_etag(version))
 
 
 async def test_routes(ctx: Ctx) -> web.StreamResponse:
     body = ctx.body_as(RouteTestIn)
-    pid, slug = await _project(ctx, body.project)
+    project = await _project(ctx, body.project)
     sample = make_sample(channel=body.channel, sender=body.sender, to=body.to, at=body.at,
                          subject=body.subject, text=body.text, meta=body.meta, attributes=body.attributes,
                          default_region=ctx.core.settings.ingest.default_region, channels=ctx.core.channels)
-    async with ctx.core.readers() as s:
-        if body.attributes is None:
-            sample = replace(sample, attributes=await contact_attributes(s, pid, sample.sender))
-        if body.routes is not None:
-            candidate, problems = parse_table(body.routes, slug)
-            if problems:
-                raise invalid(_fields(problems))
-            table, version, source = RouteTable(build_route(r) for r in candidate), None, "candidate"
-        else:
-            eff = await ctx.core.routes.effective(s, pid, slug)
-            table, version, source = eff.table, eff.version, eff.source
-    out = table.trace(sample).to_dict()
-    out.update(project=slug, version=version, source=source, sender=sample.sender)
+    try:
+        traced = await _tables(ctx).trace(project, sample, candidate=body.routes,
+                                          own_attributes=body.attributes is not None)
+    except ConfigError as exc:
+        raise invalid(_fields(exc.problems)) from exc
+    out = traced.explanation.to_dict()
+    out.update(project=project.slug, version=traced.version, source=traced.source,
+               sender=traced.explanation.sample.sender)
     return json_ok(out)
 
 
