@@ -4,6 +4,7 @@ The caller (umsg.web.api.conversations) parses, authorises and serialises; this 
 runs the SQL. Visibility of one conversation stays the caller's decision: each method
 that loads one by id calls the caller's `guard` with its project id before anything else,
 inside the same transaction. A change and its `conversation.updated` event commit together.
+The messages of a conversation (one by id, its parts, the typing signal) are read here too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import SessionFactory
-from storage.models import AgentProject, Conversation, Message, Part
+from storage.models import AgentProject, Conversation, Message, Part, Project
 from storage.states import ConversationStatus
 from umsg.errors import NotFound, PermanentError
 from umsg.events.log import EventLog
@@ -147,6 +148,40 @@ class Conversations:
                 self.events.notify()
                 await s.refresh(conv)
         return conv
+
+
+    async def typing(self, conversation_id: int, guard: Guard, *, agent_id: int | None, on: bool) -> None:
+        """Report that an agent started (`on`) or stopped typing; only the event is stored."""
+        async with self.sessions() as s:
+            conv = await _load(s, conversation_id, guard)
+            self.events.add(s, conv.project_id, "conversation.typing",
+                            {"conversation_id": conversation_id, "who": "agent", "agent_id": agent_id, "on": on})
+            await s.commit()
+        self.events.notify()
+
+    async def message(self, message_id: int, guard: Guard) -> tuple[Message, list[Part]]:
+        """One message with its parts; `guard` sees the message's project."""
+        async with self.sessions() as s:
+            msg = await s.get(Message, message_id)
+            if msg is None:
+                raise NotFound(f"message {message_id} not found")
+            guard(msg.project_id)
+            parts = (await s.scalars(select(Part).where(Part.message_id == message_id).order_by(Part.id))).all()
+        return msg, list(parts)
+
+    async def part(self, part_id: int, guard: Guard) -> Part:
+        """One part (its row; the content is in the blob store); `guard` sees the part's project."""
+        async with self.sessions() as s:
+            part = await s.get(Part, part_id)
+        if part is None:
+            raise NotFound(f"part {part_id} not found")
+        guard(part.project_id)
+        return part
+
+    async def project_id(self, slug: str) -> int | None:
+        """The id of project `slug`, None when there is none: where a submitted message may go."""
+        async with self.sessions() as s:
+            return await s.scalar(select(Project.id).where(Project.slug == slug))
 
 
 async def _load(s: AsyncSession, conversation_id: int, guard: Guard) -> Conversation:

@@ -1,15 +1,18 @@
-"""Messages: submitting through the built-in `api` channel, reading one, fetching part content."""
+"""Messages: submitting through the built-in `api` channel, reading one, fetching part content.
+
+Reads go through `umsg.conversations.Conversations`; a submission goes to ingest.
+"""
 
 from __future__ import annotations
 
 import mimetypes
 import re
+from functools import partial
 from urllib.parse import quote
 
 from aiohttp import web
-from sqlalchemy import select
 
-from storage.models import Message, Part, Project
+from umsg.conversations import Conversations
 from umsg.errors import NotFound
 from umsg.model import Address, Inbound, InboundPart, ThreadHints
 from umsg.web import serialize
@@ -21,13 +24,16 @@ _SAFE_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(;[ 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _conversations(ctx: Ctx) -> Conversations:
+    return Conversations(ctx.core.sessions, ctx.core.events)
+
+
 async def post_message(ctx: Ctx) -> web.StreamResponse:
     body = ctx.body_as(MessageIn)
     me = ctx.me
     project = body.project or ctx.core.settings.project
     if me.project_ids is not None:
-        async with ctx.core.sessions() as s:
-            pid = await s.scalar(select(Project.id).where(Project.slug == project))
+        pid = await _conversations(ctx).project_id(project)
         if pid is None or pid not in me.project_ids:
             raise NotFound(f"project '{project}' not found")
     inbound = Inbound(
@@ -70,12 +76,8 @@ async def post_message(ctx: Ctx) -> web.StreamResponse:
 
 async def get_message(ctx: Ctx) -> web.StreamResponse:
     message_id = ctx.path_id("message")
-    async with ctx.core.sessions() as s:
-        msg = await s.get(Message, message_id)
-        if msg is None:
-            raise NotFound(f"message {message_id} not found")
-        ensure_visible(ctx.me, msg.project_id, "message", message_id)
-        parts = (await s.scalars(select(Part).where(Part.message_id == message_id).order_by(Part.id))).all()
+    guard = partial(ensure_visible, ctx.me, kind="message", ident=message_id)
+    msg, parts = await _conversations(ctx).message(message_id, guard)
     return json_ok(serialize.message(msg, parts))
 
 
@@ -92,11 +94,7 @@ def content_disposition(filename: str | None, part_id: int, media_type: str) -> 
 
 async def get_part_content(ctx: Ctx) -> web.StreamResponse:
     part_id = ctx.path_id("part")
-    async with ctx.core.sessions() as s:
-        part = await s.get(Part, part_id)
-    if part is None:
-        raise NotFound(f"part {part_id} not found")
-    ensure_visible(ctx.me, part.project_id, "part", part_id)
+    part = await _conversations(ctx).part(part_id, partial(ensure_visible, ctx.me, kind="part", ident=part_id))
     try:
         path = await ctx.core.blobs.local_path(part.sha256)
     except FileNotFoundError:

@@ -5,15 +5,16 @@
 the visitor's open windows (see the README, "Web chat protocol"). Nothing else is
 stored. The composer throttles its calls (one "on" every few seconds while keys
 are pressed, one "off" when it goes quiet or the reply is sent), so each call is
-worth its small transaction.
+worth its small transaction. The event is written by `umsg.conversations.Conversations.typing`.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiohttp import web
 
-from storage.models import Conversation
-from umsg.errors import NotFound
+from umsg.conversations import Conversations
 from umsg.web.auth import ensure_visible
 from umsg.web.endpoints import Ctx
 from umsg.web.schemas import Body
@@ -26,14 +27,7 @@ class TypingIn(Body):
 async def post_typing(ctx: Ctx) -> web.StreamResponse:
     body = ctx.body_as(TypingIn)
     conversation_id = ctx.path_id("conversation")
-    async with ctx.core.sessions() as s:
-        conv = await s.get(Conversation, conversation_id)
-        if conv is None:
-            raise NotFound(f"conversation {conversation_id} not found")
-        ensure_visible(ctx.me, conv.project_id, "conversation", conversation_id)
-        ctx.core.events.add(s, conv.project_id, "conversation.typing",
-                            {"conversation_id": conversation_id, "who": "agent", "agent_id": ctx.me.agent_id,
-                             "on": body.on})
-        await s.commit()
-    ctx.core.events.notify()
+    guard = partial(ensure_visible, ctx.me, kind="conversation", ident=conversation_id)
+    await Conversations(ctx.core.sessions, ctx.core.events).typing(
+        conversation_id, guard, agent_id=ctx.me.agent_id, on=body.on)
     return web.Response(status=204)
