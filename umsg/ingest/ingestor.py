@@ -53,7 +53,6 @@ class Ingestor:
     async def start(self) -> None:
         if self._pool is None:
             self._pool = make_pool(self._settings.converter_workers)
-        await self._writer.start()
 
     async def aclose(self) -> None:
         await self._writer.aclose()

@@ -89,7 +89,7 @@ class ResultRecorder:
         self._events = events
         self._owner = owner
         self._group: GroupCommit[_Result, None] = GroupCommit(self._write, name="delivery results",
-                                                              gather_first=True)
+                                                              gather=0)
 
     async def record(self, job: Claimed, result: DeliveryResult, now: datetime) -> None:
         """Record one job's result, committed on return (together with whatever else is waiting)."""

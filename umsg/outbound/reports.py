@@ -171,7 +171,8 @@ class DeliveryReports:
             await self._group.submit(_Bind(message_id, channel, ids, part))
 
     async def aclose(self) -> None:
-        """Give back the connection the binds hold."""
+        """Finish the binds handed over, then give back the connection they hold."""
+        await self._group.drain()
         await self._conn.drop()
 
     async def _commit(self, batch: Sequence[_Bind]) -> list[None | Exception]:
