@@ -124,7 +124,7 @@ async def test_a_candidate_is_a_supervisor_when_it_supervises_any_project(core: 
 
     token = await svc.open(found)
     me = await authenticate(core.sessions, token)
-    assert me is not None and (me.role, me.agent_id, me.project_ids) == ("supervisor", ann, {default, other})
+    assert me is not None and (me.role, me.agent_id, me.project_ids) == ("supervisor", ann, frozenset({default, other}))
     await svc.close(me.token_id)
     await svc.close(me.token_id)  # signing out twice is no error
     assert await authenticate(core.sessions, token) is None
