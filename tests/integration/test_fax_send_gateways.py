@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fax_doubles import ok_transmission
 from sqlalchemy import select
 
-from channels.fax.engine import FaxOutcome
 from channels.fax.outgoing import OutgoingFaxes
 from channels.fax.settings import FaxSendSettings
 from channels.fax.transmit import Transmission
@@ -30,13 +30,6 @@ LEASE = 2.0  # seconds; renewed every third of it
 LONG_CALL = 4.5  # longer than two leases: only renewing keeps it
 STUCK = "+15559999"  # gateway "a" dies during its call to this number
 A_COMPLETES = 3  # calls "a" completes; its later calls hang until it dies
-
-
-def ok(number: str) -> Transmission:
-    outcome = FaxOutcome(ok=True, completion_code=0, reason="OK", pages=1, bit_rate=14400, ecm=True, x_dpi=204,
-                         y_dpi=196, width=1728, length=2292, bad_rows=0, longest_bad_row_run=0, remote_id=number,
-                         transport="t38", direction="tx", partial=False)
-    return Transmission(outcome, "invite", False, f"call-{number}")
 
 
 @dataclass
@@ -74,7 +67,7 @@ class Line:
                     await asyncio.Event().wait()  # until the gateway dies
                 await asyncio.sleep(LONG_CALL if number.endswith("00") else 0.05 + 0.01 * (len(self.calls) % 7))
                 call.completed = True
-                return ok(number)
+                return ok_transmission(number)
             finally:
                 call.end = time.time()
                 if self.active.get(number) is call:
