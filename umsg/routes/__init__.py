@@ -35,8 +35,9 @@ validated by those parsers), `shadow` (refusing routes that can
 never match), `table` (the ordered table, matching and explaining), `build`
 (configuration → frozen routes, with keyed problems), `book` (per-project
 tables from TOML and the store, reloaded without a restart), `actions` (what
-the ingest does with a decision: auto-reply, forward, preferred agent) and
-`probe` (a sample item from loose fields, for `umsg routes test` and the API).
+the ingest does with a decision: auto-reply, forward, preferred agent),
+`probe` (a sample item from loose fields, for `umsg routes test` and the API) and
+`admin` (reading, saving and testing a project's table for the web API).
 
 The package imports nothing of `umsg.config`: the configuration imports `settings` and
 `build` from here (to hold the routes and refuse a table that cannot work), never the
