@@ -3,6 +3,8 @@
 The caller (umsg.web.api.contacts) parses, authorises and serialises; this module runs
 the SQL and hands merges to `umsg.contacts_merge` inside its own transaction. As in
 `umsg.conversations`, each object loaded by id goes through the caller's `guard` first.
+A contact's timeline (every message of every conversation of the contact, across channels)
+is read here too, on read-only sessions.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.db import SessionFactory
-from storage.models import Contact, ContactMerge, Identity
+from storage.db import SessionFactory, read_sessions_for
+from storage.models import Agent, Contact, ContactMerge, Identity, Message, Part
 from umsg import contacts_merge
 from umsg.conversations import Guard
 from umsg.errors import NotFound
@@ -33,12 +35,32 @@ class ContactFilter:
     identity: str | None = None  # only contacts owning an identity of this value
 
 
-class Contacts:
-    """Reads of contacts with their identities, and merges, for the web API."""
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One message of a contact's timeline with all its parts and its author agent's name."""
 
-    def __init__(self, sessions: SessionFactory, events: EventLog) -> None:
+    message: Message
+    parts: list[Part]
+    author_name: str | None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A page of a contact's messages, with the contact and its identities."""
+
+    contact: Contact
+    identities: list[Identity]
+    entries: list[TimelineEntry]
+
+
+class Contacts:
+    """Reads of contacts with their identities, timelines, and merges, for the web API."""
+
+    def __init__(self, sessions: SessionFactory, events: EventLog, *, readers: SessionFactory | None = None) -> None:
         self.sessions = sessions
         self.events = events
+        # On SQLite a read-only session takes no write lock, so a long timeline read blocks no writer.
+        self.readers = readers or read_sessions_for(sessions)
 
     async def page(self, f: ContactFilter) -> list[tuple[Contact, list[Identity]]]:
         """A page of contacts ordered by id, each with its identities."""
@@ -70,6 +92,29 @@ class Contacts:
                 await s.scalars(select(Identity).where(Identity.contact_id == contact.id).order_by(Identity.id))
             ).all()
         return contact, list(identities)
+
+    async def timeline(self, contact_id: int, guard: Guard, *, after_id: int, limit: int) -> Timeline:
+        """A page of the messages of every conversation of the contact, in id order."""
+        async with self.readers() as s:
+            contact = await _load(s, contact_id, guard)
+            msgs = (await s.scalars(
+                select(Message).where(Message.contact_id == contact_id, Message.id > after_id)
+                .order_by(Message.id).limit(limit))).all()
+            parts: dict[int, list[Part]] = defaultdict(list)
+            if msgs:
+                rows = await s.scalars(select(Part).where(Part.message_id.in_([m.id for m in msgs])).order_by(Part.id))
+                for p in rows:
+                    parts[p.message_id].append(p)
+            identities = (await s.scalars(
+                select(Identity).where(Identity.contact_id == contact_id).order_by(Identity.id))).all()
+            authors = {m.author_agent_id for m in msgs if m.author_agent_id is not None}
+            names = {a.id: a.display_name for a in (await s.scalars(
+                select(Agent).where(Agent.id.in_(authors)))).all()} if authors else {}
+        entries = [
+            TimelineEntry(m, parts[m.id], names.get(m.author_agent_id) if m.author_agent_id is not None else None)
+            for m in msgs
+        ]
+        return Timeline(contact, list(identities), entries)
 
     async def merge(
         self, source_id: int, source_guard: Guard, target_id: int, target_guard: Guard,

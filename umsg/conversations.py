@@ -83,14 +83,14 @@ class Conversations:
     async def get(self, conversation_id: int, guard: Guard) -> Conversation:
         """One conversation; NotFound when it does not exist, whatever `guard` raises when hidden."""
         async with self.sessions() as s:
-            return await _load(s, conversation_id, guard)
+            return await load_conversation(s, conversation_id, guard)
 
     async def messages(
         self, conversation_id: int, guard: Guard, *, after_id: int, limit: int
     ) -> list[tuple[Message, list[Part]]]:
         """A page of the conversation's messages ordered by id, each with its parts."""
         async with self.sessions() as s:
-            conv = await _load(s, conversation_id, guard)
+            conv = await load_conversation(s, conversation_id, guard)
             msgs = (
                 await s.scalars(
                     select(Message)
@@ -121,7 +121,7 @@ class Conversations:
         if unknown:
             raise ValueError(f"conversation fields not changeable here: {sorted(unknown)}")
         async with self.sessions() as s:
-            conv = await _load(s, conversation_id, guard)
+            conv = await load_conversation(s, conversation_id, guard)
             assignee = given.get("assignee_id")
             if assignee is not None and await s.get(AgentProject, (assignee, conv.project_id)) is None:
                 raise AssigneeNotInProject(assignee)
@@ -153,7 +153,7 @@ class Conversations:
     async def typing(self, conversation_id: int, guard: Guard, *, agent_id: int | None, on: bool) -> None:
         """Report that an agent started (`on`) or stopped typing; only the event is stored."""
         async with self.sessions() as s:
-            conv = await _load(s, conversation_id, guard)
+            conv = await load_conversation(s, conversation_id, guard)
             self.events.add(s, conv.project_id, "conversation.typing",
                             {"conversation_id": conversation_id, "who": "agent", "agent_id": agent_id, "on": on})
             await s.commit()
@@ -184,7 +184,8 @@ class Conversations:
             return await s.scalar(select(Project.id).where(Project.slug == slug))
 
 
-async def _load(s: AsyncSession, conversation_id: int, guard: Guard) -> Conversation:
+async def load_conversation(s: AsyncSession, conversation_id: int, guard: Guard) -> Conversation:
+    """Conversation `conversation_id` in session `s`, shown to `guard`; NotFound when there is none."""
     conv = await s.get(Conversation, conversation_id)
     if conv is None:
         raise NotFound(f"conversation {conversation_id} not found")
