@@ -80,6 +80,9 @@ class Core:
         blobs = BlobStore(settings.blob_dir, inline=functools.partial(read_blob_row, readers))
         converters = default_converters(settings.converters)
         channels = channels if channels is not None else ChannelInstances()
+        # Costs and caps are keyed by instance, as queue items are; a type's entry covers its instances.
+        settings = settings.model_copy(update={"router": settings.router.for_instances(
+            {i.name: i.type for i in channels.all()})})
         routes = RouteBook.from_settings(settings.routes, settings.project, channels=channels)
         events = EventLog(sessions, readers)
         queue = Queue(sessions, events, settings.queue, readers=readers)

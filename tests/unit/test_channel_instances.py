@@ -18,6 +18,7 @@ from umsg.config import ChannelSettings, load_settings
 from umsg.errors import ConfigError, PermanentError
 from umsg.instances import ChannelInstances, Instance
 from umsg.model import IdentityKind
+from umsg.router.settings import RouterSettings
 from umsg.routes.actions import forward_channel
 
 # One buildable configuration per built-in type: (type, settings, identity kind, old stamped name).
@@ -217,13 +218,30 @@ def test_two_email_instances_with_their_own_domains_and_ports_are_fine(
     ('[channels.Support]\ntype = "email"\ndomain = "x.alpha.test"\n',
      ("channels.Support", "a channel instance's name is 1-32 lower-case letters, digits, '-' or '_', "
                           "starting with a letter")),
+    ('[router.channel_costs]\nemial = 5\n',
+     ("router.channel_costs.emial", "'emial' is not a configured channel instance (configured: sales, support); "
+                                    "nor is it the type of one, so it never applies")),
 ], ids=["type-as-filter", "typo", "forward-channel", "forward-ambiguous", "fax-channel-kind",
         "fax-channel-missing", "notify-ambiguous", "email-channel-ambiguous", "notify-kind", "shared-domain",
-        "shared-port", "web-port", "sip-ports", "removed-key", "bad-name"])
+        "shared-port", "web-port", "sip-ports", "removed-key", "bad-name", "router-cost"])
 def test_config_check_reports_dangling_and_ambiguous_names(
         tmp_path: Path, extra: str, expected: tuple[str, str]) -> None:
     found = problems(tmp_path, TWO_EMAIL + "\n" + extra)
     assert expected in found, found
+
+
+def test_router_costs_may_name_instances_or_their_types(tmp_path: Path) -> None:
+    given = '[router.channel_costs]\nemail = 10\nsales = 30\n[router.channel_caps]\nsupport = 2\n'
+    assert problems(tmp_path, TWO_EMAIL + "\n" + given) == []
+
+
+def test_router_costs_and_caps_are_read_per_instance() -> None:
+    settings = RouterSettings(channel_costs={"email": 10, "sales": 30, "webchat": 34}, default_cost=20,
+                              channel_caps={"email": 3})
+    resolved = settings.for_instances({"support": "email", "sales": "email", "chat": "webchat", "fax1": "fax"})
+    assert [resolved.cost(n) for n in ("support", "sales", "chat", "fax1", "email")] == [10, 30, 34, 20, 10]
+    assert resolved.channel_caps == {"email": 3, "support": 3, "sales": 3}
+    assert settings.cost("support") == 20  # before: an instance named nowhere fell to the default
 
 
 def test_a_route_on_an_email_instance_may_forward_mail_without_naming_a_channel(tmp_path: Path) -> None:
@@ -244,3 +262,17 @@ def test_refs_are_declared_only_when_used() -> None:
     assert list(idle.channel_refs()) == []
     mailing = registry.build("fax", configured("fax", {"port": 0, "numbers": {"1": {"owner_email": "o@x.test"}}}))
     assert list(mailing.channel_refs()) == [ChannelRef("notify_channel", None, kind=IdentityKind.EMAIL)]
+
+
+async def test_the_core_routes_with_costs_per_instance(make_settings: Any) -> None:
+    from umsg.core import Core
+
+    instances = ChannelInstances([Instance("site", "webchat", IdentityKind.CHAT),
+                                  Instance("support", "email", IdentityKind.EMAIL)])
+    core = await Core.open(make_settings(router={"channel_costs": {"webchat": 40, "email": 15}}), channels=instances)
+    try:
+        # A chat on `site` weighs what a chat weighs, in the router and on the wall alike.
+        assert core.settings.router.cost("site") == 40 and core.settings.router.cost("support") == 15
+        assert core.router.settings.cost("site") == 40
+    finally:
+        await core.aclose()

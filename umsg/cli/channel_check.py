@@ -13,7 +13,9 @@ reports what is ambiguous or dangling:
   `fax_channel`: `ChannelAdapter.channel_refs`) that is missing, of the wrong kind, or left
   to default where none or several instances could be meant;
 - two enabled instances (or an instance and the web server) listening on one socket, or
-  claiming one thing only one may own (a mail domain, an address: `ChannelAdapter.claims`).
+  claiming one thing only one may own (a mail domain, an address: `ChannelAdapter.claims`);
+- a key of `[router] channel_costs` or `channel_caps` that is neither an instance nor the
+  adapter type of one (a type's entry covers its instances), so it would never apply.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def check_channels(raw: Mapping[str, Any], registry: ChannelRegistry | None = No
                      for ref in adapter.channel_refs() if (reason := _ref_problem(ref, instances))]
     problems += _listener_problems(enabled, raw.get("http"))
     problems += _claim_problems(enabled)
+    router = raw.get("router")
+    problems += _router_problems(router if isinstance(router, dict) else {}, instances)
     return problems
 
 
@@ -136,6 +140,20 @@ def _ref_problem(ref: ChannelRef, instances: ChannelInstances) -> str:
     if not found_names and ref.required:
         return f"no channel that sends to {ref.kind.value} addresses is configured: configure one or set {ref.key}"
     return ""
+
+
+def _router_problems(router: Mapping[str, Any], instances: ChannelInstances) -> list[Problem]:
+    if not instances:
+        return []
+    types = {i.type for i in instances.all()}
+    problems: list[Problem] = []
+    for setting in ("channel_costs", "channel_caps"):
+        given = router.get(setting)
+        for name in given if isinstance(given, dict) else {}:
+            if name not in instances and name not in types and name != API_CHANNEL:
+                problems.append((f"router.{setting}.{name}",
+                                 _unknown(name, instances) + "; nor is it the type of one, so it never applies"))
+    return problems
 
 
 def _overlap(a: Listener, b: Listener) -> bool:

@@ -6,6 +6,7 @@ chat 34 and email 20 an agent holds two chats and an email, never three chats.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -84,9 +85,25 @@ class RouterSettings(_Strict):
     def cost(self, channel: str) -> int:
         return self.channel_costs.get(channel, self.default_cost)
 
+    def for_instances(self, types: Mapping[str, str]) -> RouterSettings:
+        """These settings for the configured channel instances (`types`: instance name -> adapter
+        type): `channel_costs` and `channel_caps` are keyed by instance, as queue items are, and an
+        instance they do not name costs, and is capped, as its adapter type is named there. So the
+        defaults (`email = 20`) and a centre's `sms = 10` keep meaning every instance of the type."""
+        return self.model_copy(update={"channel_costs": _by_instance(self.channel_costs, types),
+                                       "channel_caps": _by_instance(self.channel_caps, types)})
+
     def check_reason(self, state: str, reason: str | None) -> str | None:
         """None when `reason` is allowed for `state`, else a message saying what is."""
         allowed = self.reason_codes.get(state)
         if allowed is None or reason is None or reason in allowed:
             return None
         return f"reason {reason!r} is not configured for state {state!r}; allowed: {', '.join(allowed)}"
+
+
+def _by_instance(by_name: Mapping[str, int], types: Mapping[str, str]) -> dict[str, int]:
+    found = dict(by_name)
+    for instance, type_name in types.items():
+        if instance not in found and type_name in by_name:
+            found[instance] = by_name[type_name]
+    return found
