@@ -15,7 +15,9 @@ runs the same `rename_channel`, and the service warns at start about queued deli
 channel no configured instance has.
 
 Rows whose unique key already exists under the new name (the same message stored under both)
-stay under the old name and are counted as skipped: nothing is ever overwritten.
+stay under the old name and are counted as skipped: nothing is ever overwritten. The event
+log follows too (an event's `channel`, and the `from`/`to` of a conversation's channel
+change), so a feed or a report read later names the instance, as new events do.
 """
 
 from __future__ import annotations
@@ -25,14 +27,30 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, exists, func, select, update
+from sqlalchemy import (
+    JSON,
+    CursorResult,
+    Table,
+    Text,
+    and_,
+    exists,
+    func,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from storage.db import SessionFactory
 from storage.models import (
     ChannelRename,
     ChannelState,
     Conversation,
+    Event,
     Job,
     Message,
     Project,
@@ -51,6 +69,9 @@ _CONVERSATION = cast(Table, Conversation.__table__)
 _QUEUE_ITEM = cast(Table, QueueItem.__table__)
 _PROVIDER_REF = cast(Table, ProviderRef.__table__)
 _CHANNEL_STATE = cast(Table, ChannelState.__table__)
+_EVENT = cast(Table, Event.__table__)
+# Where an event's payload names a channel.
+_EVENT_PATHS = (("channel",), ("changes", "channel", "from"), ("changes", "channel", "to"))
 
 # Table -> the columns that, with `channel`, are unique (None: no unique key over channel).
 _RENAMED: tuple[tuple[Table, tuple[str, ...] | None], ...] = (
@@ -122,6 +143,17 @@ async def _rename_in(s: AsyncSession, old: str, new: str, result: RenameResult) 
             left = int(await s.scalar(select(func.count()).select_from(table).where(table.c.channel == old)) or 0)
             if left:
                 result.skipped[table.name] = left
+    events = 0
+    # An event of a message left under the old name (skipped above) keeps naming it.
+    stayed = select(_MESSAGE.c.id).where(_MESSAGE.c.channel == old)
+    for path in _EVENT_PATHS:
+        done = cast(CursorResult[Any], await s.execute(
+            update(_EVENT).where(_EVENT.c.payload[path].as_string() == old,
+                                 func.coalesce(_EVENT.c.payload["message_id"].as_integer(), 0).not_in(stayed))
+            .values(payload=_json_set(s, path, new)).execution_options(synchronize_session=False)))
+        events += int(done.rowcount or 0)
+    if events:
+        result.rows["event"] = events
     stored = (await s.execute(select(StoredRouteTable, Project.slug).join(
         Project, Project.id == StoredRouteTable.project_id))).all()
     for row, slug in stored:
@@ -134,6 +166,16 @@ async def _rename_in(s: AsyncSession, old: str, new: str, result: RenameResult) 
             add_event(s, row.project_id, "routes.updated", {"project": slug, "version": row.version,
                                                             "updated_by": row.updated_by, "routes": len(routes)})
             result.rows["route_table"] = result.rows.get("route_table", 0) + 1
+
+
+def _json_set(s: AsyncSession, path: tuple[str, ...], value: str) -> Any:
+    """The payload with the string at `path` replaced by `value`, in the store's JSON functions."""
+    if s.get_bind().dialect.name == "postgresql":
+        where: ColumnElement[Any] = literal_column("'{" + ",".join(path) + "}'::text[]")
+        new = func.to_jsonb(sql_cast(literal(value), Text))
+        changed = func.jsonb_set(sql_cast(_EVENT.c.payload, JSONB), where, new)
+        return sql_cast(changed, JSON)
+    return func.json_set(_EVENT.c.payload, "$." + ".".join(f'"{p}"' for p in path), value)
 
 
 async def rename_channel(sessions: SessionFactory, old: str, new: str, *, source: str) -> RenameResult:

@@ -18,6 +18,7 @@ from storage.models import (
     ChannelRename,
     ChannelState,
     Conversation,
+    Event,
     Message,
     ProviderRef,
     QueueItem,
@@ -183,10 +184,25 @@ async def counts(core: Core, name: str) -> dict[str, int]:
     return out
 
 
+async def message_ids(core: Core, channel: str) -> list[int]:
+    async with core.readers() as s:
+        return list((await s.scalars(select(Message.id).where(Message.channel == channel))).all())
+
+
+async def event_payloads(core: Core, channel: str) -> list[dict[str, Any]]:
+    async with core.readers() as s:
+        payloads = (await s.scalars(select(Event.payload))).all()
+    return [p for p in payloads if p.get("channel") == channel]
+
+
 async def test_the_type_name_moves_onto_the_one_configured_instance_once(open_core: Callable[..., Any]) -> None:
     channels = {"support": EMAIL_PAIR["support"]}
     core = await open_core(channels)
-    await seed_legacy_rows(core)
+    seeded = await seed_legacy_rows(core)
+    async with core.sessions() as s:  # a chat that went on by email, as the ContinueOn effect records it
+        s.add(Event(project_id=seeded["pid"], kind="conversation.updated", payload={
+            "conversation_id": 1, "changes": {"channel": {"from": "chat", "to": "email"}}}))
+        await s.commit()
     assert (await counts(core, "email"))["message"] == 3  # two inbound, one queued reply
     assert await unconfigured_deliveries(core.readers, ["support"]) == {"email": 1}
 
@@ -194,6 +210,10 @@ async def test_the_type_name_moves_onto_the_one_configured_instance_once(open_co
 
     assert await counts(core, "email") == {"message": 1, "conversation": 0, "queue_item": 0,
                                            "provider_ref": 0, "channel_state": 0}
+    # The event log names the instance too, except the events of the message left under `email`.
+    (left,) = await message_ids(core, "email")
+    assert {p.get("message_id") for p in await event_payloads(core, "email")} == {left}
+    assert len(await event_payloads(core, "support")) >= 6  # created and queued, of three conversations
     moved = await counts(core, "support")
     assert moved == {"message": 3, "conversation": 3, "queue_item": 3, "provider_ref": 1, "channel_state": 1}
     async with core.readers() as s:
@@ -203,7 +223,12 @@ async def test_the_type_name_moves_onto_the_one_configured_instance_once(open_co
     routes = table.routes
     assert (record.old_name, record.new_name, record.source) == ("email", "support", "start")
     assert record.rows == {"message": 2, "conversation": 2, "queue_item": 2, "provider_ref": 1,
-                           "channel_state": 1, "route_table": 1}
+                           "channel_state": 1, "route_table": 1, "event": record.rows["event"]}
+    # two conversations created, the moved message created and queued, the reply created, the change
+    assert record.rows["event"] == 6, await event_payloads(core, "support")
+    async with core.readers() as s:
+        change = await s.scalar(select(Event.payload).where(Event.kind == "conversation.updated"))
+    assert change == {"conversation_id": 1, "changes": {"channel": {"from": "chat", "to": "support"}}}
     assert record.skipped == {"message": 1}  # <same@customer.test> was stored under both names
     assert routes[0]["channel"] == ["support", "texts"] and routes[1]["forward_channel"] == "support"
     assert await unconfigured_deliveries(core.readers, ["support"]) == {}
