@@ -59,10 +59,3 @@ def decode(data: bytes) -> str:
         else:
             out.append(BASIC[code])
     return "".join(out)
-
-
-def unpack_septets(data: bytes, count: int, skip_bits: int = 0) -> bytes:
-    """Packed 7-bit (as on the air interface) to one septet per byte; `skip_bits` skips UDH fill."""
-    value = int.from_bytes(data, "little")
-    value >>= skip_bits
-    return bytes((value >> (7 * i)) & 0x7F for i in range(count))

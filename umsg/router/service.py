@@ -89,9 +89,6 @@ class RouterService:
     def shard_of(self, project_id: int) -> int:
         return project_id % self.settings.shards
 
-    def is_leader(self, shard: int = 0) -> bool:
-        return shard in self._leading
-
     # -- the background task ---------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -25,25 +25,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Agent, Contact, Conversation, Message, Part, QueueItem, RouterPin
-from storage.states import ConversationStatus
 from umsg.errors import PermanentError
 from umsg.events.log import EventLog
 from umsg.instances import ChannelInstances
 from umsg.model import IdentityKind
 from umsg.outbound.outbox import StoredAttachment, add_reply
-from umsg.routes.filters import Sample
 from umsg.routes.targets import PreferredAgent, RouteDecision, render
 
 log = logging.getLogger(__name__)
-
-
-def ingest_sample(*, channel: str, sender: str, recipients: tuple[str, ...], subject: str | None,
-                  text: str | None, meta: Mapping[str, Any], contact: Contact | None,
-                  now: datetime) -> Sample:
-    """The sample routes judge: the normalised sender, converted text, contact attributes, arrival time."""
-    attributes = dict(contact.attributes or {}) if contact is not None else {}
-    return Sample(channel=channel, sender=sender, recipients=recipients, at=now, subject=subject, text=text,
-                  meta=dict(meta), attributes=attributes)
 
 
 def _values(decision: RouteDecision, conv: Conversation, contact: Contact | None,
@@ -134,17 +123,6 @@ async def send_forward(session: AsyncSession, events: EventLog, *, decision: Rou
         outcome = f"skipped: {exc}"
     message.flags = {**message.flags, "forwarded": outcome}
     return outcome
-
-
-def record_drop(events: EventLog, session: AsyncSession, *, decision: RouteDecision, project_id: int,
-                conversation: Conversation, message: Message, new_conversation: bool) -> None:
-    """Blacklisted: keep the message, flag it with the route, and record the drop as an event."""
-    message.flags = {**message.flags, "dropped_by_route": decision.route}
-    if new_conversation:
-        # Nobody should find a conversation that consists only of dropped messages in their work.
-        conversation.status = ConversationStatus.CLOSED
-    events.add(session, project_id, "message.dropped",
-               {"message_id": message.id, "conversation_id": conversation.id, "route": decision.route})
 
 
 async def resolve_preferred(session: AsyncSession, *, project_id: int, contact_id: int | None,
