@@ -66,6 +66,7 @@ BAD_CHANGES = [
     ("channels/sms/gsm.py", "import umsg.queue", "channels use only the core's API"),
     ("converters/base.py", "import storage.models", "converters use nothing of the core"),
     ("umsg/routes/filters.py", "import umsg.ingest.rows", "channel routes do not import the ingest pipeline"),
+    ("umsg/web/api/inbox.py", "from sqlalchemy import select", "web API handlers run no SQL"),
 ]
 
 
