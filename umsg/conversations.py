@@ -17,7 +17,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.db import SessionFactory
+from storage.db import SessionFactory, read_sessions_for
 from storage.models import AgentProject, Conversation, Message, Part, Project
 from storage.states import ConversationStatus
 from umsg.errors import NotFound, PermanentError
@@ -60,8 +60,10 @@ class ConversationFilter:
 class Conversations:
     """Reads and changes of conversations for the web API."""
 
-    def __init__(self, sessions: SessionFactory, events: EventLog) -> None:
+    def __init__(self, sessions: SessionFactory, events: EventLog, readers: SessionFactory | None = None) -> None:
         self.sessions = sessions
+        # Reads go through read-only sessions: on SQLite a write session queues for the write lock.
+        self.readers = readers or read_sessions_for(sessions)
         self.events = events
 
     async def page(self, f: ConversationFilter) -> list[Conversation]:
@@ -77,19 +79,19 @@ class Conversations:
             stmt = stmt.where(Conversation.assignee_id.is_(None))
         elif f.assignee is not None:
             stmt = stmt.where(Conversation.assignee_id == f.assignee)
-        async with self.sessions() as s:
+        async with self.readers() as s:
             return list((await s.scalars(stmt)).all())
 
     async def get(self, conversation_id: int, guard: Guard) -> Conversation:
         """One conversation; NotFound when it does not exist, whatever `guard` raises when hidden."""
-        async with self.sessions() as s:
+        async with self.readers() as s:
             return await load_conversation(s, conversation_id, guard)
 
     async def messages(
         self, conversation_id: int, guard: Guard, *, after_id: int, limit: int
     ) -> list[tuple[Message, list[Part]]]:
         """A page of the conversation's messages ordered by id, each with its parts."""
-        async with self.sessions() as s:
+        async with self.readers() as s:
             conv = await load_conversation(s, conversation_id, guard)
             msgs = (
                 await s.scalars(
@@ -161,7 +163,7 @@ class Conversations:
 
     async def message(self, message_id: int, guard: Guard) -> tuple[Message, list[Part]]:
         """One message with its parts; `guard` sees the message's project."""
-        async with self.sessions() as s:
+        async with self.readers() as s:
             msg = await s.get(Message, message_id)
             if msg is None:
                 raise NotFound(f"message {message_id} not found")
@@ -171,7 +173,7 @@ class Conversations:
 
     async def part(self, part_id: int, guard: Guard) -> Part:
         """One part (its row; the content is in the blob store); `guard` sees the part's project."""
-        async with self.sessions() as s:
+        async with self.readers() as s:
             part = await s.get(Part, part_id)
         if part is None:
             raise NotFound(f"part {part_id} not found")
@@ -180,7 +182,7 @@ class Conversations:
 
     async def project_id(self, slug: str) -> int | None:
         """The id of project `slug`, None when there is none: where a submitted message may go."""
-        async with self.sessions() as s:
+        async with self.readers() as s:
             return await s.scalar(select(Project.id).where(Project.slug == slug))
 
 

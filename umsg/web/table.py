@@ -6,8 +6,8 @@ exactly these; adding a route means adding a row here.
 
 from __future__ import annotations
 
-from umsg.web import health, media, metrics, ws
-from umsg.web.api import agents, contacts, conversations, messages, queue
+from umsg.web import health, metrics, ws
+from umsg.web.api import agents, contacts, conversations, media, messages, queue
 from umsg.web.api import canned as api_canned
 from umsg.web.api import inbox as api_inbox
 from umsg.web.api import router as api_router

@@ -19,7 +19,7 @@ from umsg.web.schemas import ConversationPatch, ConversationQuery, Page, ReplyIn
 
 
 def _conversations(ctx: Ctx) -> Conversations:
-    return Conversations(ctx.core.sessions, ctx.core.events)
+    return Conversations(ctx.core.sessions, ctx.core.events, ctx.core.readers)
 
 
 def _visible_to(principal: Principal, conversation_id: int) -> Guard:

@@ -25,7 +25,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _conversations(ctx: Ctx) -> Conversations:
-    return Conversations(ctx.core.sessions, ctx.core.events)
+    return Conversations(ctx.core.sessions, ctx.core.events, ctx.core.readers)
 
 
 async def post_message(ctx: Ctx) -> web.StreamResponse:

@@ -28,6 +28,6 @@ async def post_typing(ctx: Ctx) -> web.StreamResponse:
     body = ctx.body_as(TypingIn)
     conversation_id = ctx.path_id("conversation")
     guard = partial(ensure_visible, ctx.me, kind="conversation", ident=conversation_id)
-    await Conversations(ctx.core.sessions, ctx.core.events).typing(
+    await Conversations(ctx.core.sessions, ctx.core.events, ctx.core.readers).typing(
         conversation_id, guard, agent_id=ctx.me.agent_id, on=body.on)
     return web.Response(status=204)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
 from PIL import Image
 
 from storage.models import Part
+from umsg.conversations import Conversations
 from umsg.errors import ConversionError, NotFound
 from umsg.web.auth import ensure_visible
 from umsg.web.endpoints import Ctx, json_ok
@@ -30,11 +32,8 @@ PDF = ("application/pdf",)
 
 async def _part(ctx: Ctx) -> tuple[Part, Path]:
     part_id = ctx.path_id("part")
-    async with ctx.core.readers() as s:
-        part = await s.get(Part, part_id)
-    if part is None:
-        raise NotFound(f"part {part_id} not found")
-    ensure_visible(ctx.me, part.project_id, "part", part_id)
+    conversations = Conversations(ctx.core.sessions, ctx.core.events, ctx.core.readers)
+    part = await conversations.part(part_id, partial(ensure_visible, ctx.me, kind="part", ident=part_id))
     kind = part.media_type.split(";", 1)[0].strip().lower()
     if kind not in TIFF + PDF:
         raise HttpProblem(415, "unsupported_media_type", f"part {part_id} is {kind}, not a TIFF or PDF document")
