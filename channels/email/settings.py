@@ -24,7 +24,14 @@ class EmailSettings(AdapterSettings):
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     max_sessions: int = Field(default=100, ge=1)
     max_recipients: int = Field(default=100, ge=1)
+    # Sessions one client address may hold at once (the rest get 421), so that one host cannot
+    # take every one of `max_sessions` and keep all other senders' mail refused.
+    max_sessions_per_peer: int = Field(default=20, ge=1)
+    # Idle time allowed between commands. Commands that move no mail (NOOP, RSET, VRFY, HELP,
+    # EXPN) do not renew it, and a session may send at most `max_junk_commands` of them between
+    # two accepted messages before it is closed with 421.
     session_timeout_seconds: float = Field(default=300.0, gt=0)
+    max_junk_commands: int = Field(default=20, ge=0)
     # Processes that parse mail received over SMTP (0: parse in the event loop's process).
     # Parsing is pure CPU; one worker keeps big messages off the loop's core on a two-core machine.
     parse_workers: int = Field(default=1, ge=0, le=32)
@@ -35,7 +42,8 @@ class EmailSettings(AdapterSettings):
     parse_inline_bytes: int = Field(default=64 * 1024, ge=0)
     tls_cert: str | None = None
     tls_key: str | None = None
-    # SMTP AUTH users (login -> password); empty: no AUTH offered.
+    # SMTP AUTH users (login -> password); empty: no AUTH offered. AUTH is offered only after
+    # STARTTLS, so without tls_cert/tls_key it is never offered (a warning at start says so).
     auth_users: dict[str, SecretStr] = Field(default_factory=dict)
     # Outbound relay: smtp://[user:pass@]host:port (plain/STARTTLS when offered) or smtps://.
     relay: str | None = None

@@ -7,7 +7,11 @@ failure of ours answers `451 4.3.0` (aiosmtpd's default would be a permanent
 500, and the sender would bounce the customer's mail); mail we can never
 store answers `554 5.6.0` with the reason. Recipients the channel does not
 own get `550 5.1.1` at RCPT time, so this is never an open relay. Sessions
-beyond `max_sessions` are turned away with `421 4.3.2` at connect.
+beyond `max_sessions`, or beyond `max_sessions_per_peer` from one client address, are turned
+away with `421` at connect. Commands that move no mail (NOOP, RSET, VRFY, HELP, EXPN) neither
+renew the idle timeout nor may be repeated more than `max_junk_commands` times between two
+accepted messages, so a session cannot be held open for ever. AUTH is offered and accepted
+only over TLS (after STARTTLS); with no certificate configured it is not offered at all.
 
 Parsing is pure CPU (about half a millisecond for a usual message, far more
 for a large one) and the event loop also runs every session and the ingest
@@ -30,7 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from email.utils import formatdate
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from channels.base import InboundSink
 from channels.email.parse import Envelope as MailEnvelope
@@ -86,17 +90,38 @@ class Parser:
 
 
 class _Gate:
-    """Counts open sessions of one listener (no global state: one gate per server)."""
+    """Counts open sessions of one listener, in all and per client address (one gate per server).
 
-    def __init__(self, limit: int) -> None:
+    The total is taken when the connection is accepted (the protocol factory knows no peer);
+    the per-address share when the session learns its peer, so that one host cannot hold
+    every slot and keep all other senders' mail refused.
+    """
+
+    def __init__(self, limit: int, per_peer: int) -> None:
         self.limit = limit
+        self.per_peer = per_peer
         self.open = 0
+        self.peers: dict[str, int] = {}
 
     def enter(self) -> bool:
         if self.open >= self.limit:
             return False
         self.open += 1
         return True
+
+    def enter_peer(self, host: str) -> bool:
+        held = self.peers.get(host, 0)
+        if held >= self.per_peer:
+            return False
+        self.peers[host] = held + 1
+        return True
+
+    def leave_peer(self, host: str) -> None:
+        held = self.peers.get(host, 0) - 1
+        if held > 0:
+            self.peers[host] = held
+        else:
+            self.peers.pop(host, None)
 
 
 class _Refuse(asyncio.Protocol):
@@ -113,14 +138,101 @@ class _Session(SMTP):
         super().__init__(handler, **kwargs)
         self._gate = gate
         self._left = False
+        self._peer_host: str | None = None  # set once the per-address share is held
+        self._refused = False
+        self._junk = 0
+        # The idle deadline before the current command's reset, and after it (loop time).
+        self._deadline = 0.0
+        self._prev_deadline = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and not self._refused:  # the first call; STARTTLS calls again
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+            if not self._gate.enter_peer(host):
+                self._refused = True
+                log.info("smtp session refused: too many sessions from one address",
+                         extra={"kv": {"peer": host, "limit": self._gate.per_peer}})
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(b"421 4.7.0 Too many sessions from your address, try again later\r\n")
+                transport.close()
+                return
+            self._peer_host = host
+        super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         try:
-            super().connection_lost(error)
+            if not self._refused:
+                super().connection_lost(error)
         finally:
             if not self._left:  # STARTTLS swaps transports; count the session once
                 self._left = True
                 self._gate.open -= 1
+                if self._peer_host is not None:
+                    self._gate.leave_peer(self._peer_host)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    # aiosmtpd renews its idle timer before every recognised command. For commands that move
+    # no mail (NOOP, RSET, VRFY, HELP, EXPN) the renewal is undone (the deadline stays where
+    # the last useful command put it), so NOOP every few minutes cannot hold a slot for ever. `_reset_timeout` is
+    # aiosmtpd's own hook (>= 1.4.6); it is the one place every renewal passes through.
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        super()._reset_timeout(duration)
+        self._prev_deadline = self._deadline or self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+
+    def progressed(self) -> None:
+        """A message was accepted: the session earned a fresh allowance of junk commands."""
+        self._junk = 0
+
+    async def _junk_command(self) -> bool:
+        """Count a command that moves no mail; False when the session must end now."""
+        self._deadline = self._prev_deadline
+        remaining = self._deadline - self.loop.time()
+        self._junk += 1
+        if self._junk > self._handler_settings.max_junk_commands or remaining <= 0:
+            log.info("smtp session closed: no mail moved", extra={"kv": {"peer": self._peer_host,
+                                                                        "commands": self._junk}})
+            await self.push("421 4.7.0 Too many commands without mail, closing")
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        SMTP._reset_timeout(self, remaining)
+        return True
+
+    @property
+    def _handler_settings(self) -> EmailSettings:
+        handler = self.event_handler
+        assert isinstance(handler, Handler)
+        return handler.settings
+
+    @syntax('NOOP [ignored]')
+    async def smtp_NOOP(self, arg: str) -> None:
+        if await self._junk_command():
+            await super().smtp_NOOP(arg)
+
+    @syntax('RSET')
+    async def smtp_RSET(self, arg: str) -> None:
+        if await self._junk_command():
+            await super().smtp_RSET(arg)
+
+    @syntax('VRFY <address>')
+    async def smtp_VRFY(self, arg: str) -> None:
+        if await self._junk_command():
+            await super().smtp_VRFY(arg)
+
+    @syntax('HELP [command]')
+    async def smtp_HELP(self, arg: str) -> None:
+        if await self._junk_command():
+            await super().smtp_HELP(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if await self._junk_command():
+            await super().smtp_EXPN(arg)
 
 
 class Handler:
@@ -133,7 +245,7 @@ class Handler:
         self.sink = sink
         self._parse = parse or Parser(settings.model_copy(update={"parse_workers": 0}), channel).parse
         self.stats = {"accepted": 0, "duplicates": 0, "rejected": 0, "failed": 0}
-        self.gate = _Gate(settings.max_sessions)
+        self.gate = _Gate(settings.max_sessions, settings.max_sessions_per_peer)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -163,6 +275,8 @@ class Handler:
             log.exception("smtp ingest failed; answering 451")
             return "451 4.3.0 Temporary failure storing the message, try again later"
         self.stats["duplicates" if result.duplicate else "accepted"] += 1
+        if isinstance(server, _Session):
+            server.progressed()
         return f"250 2.0.0 OK: stored as message {result.message_id}"
 
 
@@ -208,7 +322,12 @@ async def start_server(
     loop = asyncio.get_running_loop()
     gate = handler.gate
     tls = tls_context(settings)
-    auth = bool(settings.auth_users)
+    # AUTH only over TLS: a password never crosses the wire in the clear. Without a
+    # certificate AUTH is not offered at all (and the start says so once).
+    auth = bool(settings.auth_users) and tls is not None
+    if settings.auth_users and tls is None:
+        log.warning("smtp AUTH is not offered: auth_users is set but no tls_cert/tls_key is configured",
+                    extra={"kv": {"listen": settings.listen}})
 
     def factory() -> asyncio.Protocol:
         if not gate.enter():
@@ -225,8 +344,7 @@ async def start_server(
             require_starttls=False,
             timeout=settings.session_timeout_seconds,
             authenticator=_authenticator(settings) if auth else None,
-            # Without TLS configured, AUTH is only offered when it may go in the clear (loopback tests).
-            auth_require_tls=tls is not None,
+            auth_require_tls=True,
             loop=loop,
         )
 
