@@ -1,4 +1,4 @@
-"""Reading header values without the stdlib's lossy decoding.
+"""Reading header values without the stdlib's lossy decoding, and addresses without forgery.
 
 `policy.default` decodes RFC 2047 words by their label alone, so a GBK
 character in a word labelled gb2312 becomes U+FFFD, and raw UTF-8 headers
@@ -6,20 +6,52 @@ character in a word labelled gb2312 becomes U+FFFD, and raw UTF-8 headers
 through the widened charset table of `charset.py`, and raw 8-bit bytes are
 decoded as UTF-8 (else detected). Header access never raises: a malformed
 header is read as its raw text.
+
+Address headers are split into mailboxes on the raw, undecoded value (the
+stdlib's RFC 5322 parser in `email.headerregistry`), and only then is each
+display name decoded. Decoding first would let an encoded `<`, `,` or `@`
+inside a name forge or split the address: `=?utf-8?q?Sales_=3Csales=40acme=2Eexample=3E?=
+<attacker@evil.example>` is attacker@evil.example, and Outlook's encoded
+"Müller, Hans" is one mailbox. A display name that shows an address other
+than the real one is reported (`claimed`) so the inbox can warn the agent.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from dataclasses import dataclass
+from email import errors, policy
 from email.header import decode_header
+from email.headerregistry import AddressHeader
 from email.message import Message
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
+from typing import Any
 
 from channels.email.charset import decode_text
 
 _FOLD = re.compile(r"\r?\n[ \t]*")
-# Encoded words whose charset stdlib does not know make decode_header raise; we split them ourselves.
-_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+# A name-addr whose display name is not a valid phrase (an unquoted "@" or ","): the stdlib
+# then reads the name as the address, so the bracketed address is taken as the real one.
+_ANGLE = re.compile(r"^(?P<name>[^<>]*?)\s*<\s*(?P<addr>[^<>\s@]+@[^<>\s@]+?)\s*>\s*(?:\([^()]*\)\s*)?$")
+# No angle brackets at all ("Hans Mueller hans@example.de"): the last word is the address.
+_BARE = re.compile(r"^(?:(?P<name>.*\S)\s+)?(?P<addr>[^<>\s@\"(),;:]+@[^<>\s@\"(),;:]+)$")
+# Something an agent would read as an email address, inside a display name.
+_SHOWN_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:@]+@[^\s<>()\[\]\"',;:@]+\.[^\s<>()\[\]\"',;:@]+")
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One address of an address header: decoded display name ('' when none) and the address."""
+
+    name: str
+    address: str
+
+    @property
+    def claimed(self) -> tuple[str, ...]:
+        """Addresses the display name shows that are not the real one (lower-cased, in order)."""
+        return shown_addresses(self.name, exclude=self.address)
 
 
 def _from_surrogates(value: str) -> str:
@@ -58,19 +90,114 @@ def header_text(msg: Message, name: str) -> str | None:
     return decode_value(values[0]) if values else None
 
 
+def shown_addresses(name: str, *, exclude: str = "") -> tuple[str, ...]:
+    """The email addresses a reader would see in display name `name`, except `exclude`.
+
+    Compatibility forms (fullwidth "＠", "﹫") are folded and invisible format characters
+    removed first, as a reader's eye would do it.
+    """
+    if not name:
+        return ()
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", name) if unicodedata.category(ch) != "Cf")
+    real = exclude.strip().lower()
+    found = (m.group(0).strip(".").lower() for m in _SHOWN_ADDRESS.finditer(text))
+    return tuple(dict.fromkeys(a for a in found if a != real))
+
+
+def _name(raw: str) -> str:
+    name = raw.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return decode_value(name).strip()
+
+
+def _rescue(value: str) -> Mailbox | None:
+    """One mailbox from a value the RFC 5322 parser found defective, as a mail client would read it."""
+    m = _ANGLE.match(value) or (_BARE.match(value) if "<" not in value and ">" not in value else None)
+    if m is None:
+        return None
+    return Mailbox(_name(m.group("name") or ""), _from_surrogates(m.group("addr")))
+
+
+def mailboxes(raw: str) -> list[Mailbox]:
+    """The mailboxes of one raw address-header value (groups flattened); never raises.
+
+    Split by the stdlib's RFC 5322 parser before any decoding. A value it finds
+    defective, when it reads as one name and one address, is taken the way mail
+    clients show it (the bracketed or the last address is the real one).
+    """
+    value = _FOLD.sub(" ", raw).strip()
+    if not value:
+        return []
+    try:
+        header = policy.default.header_factory("to", value)
+    except Exception:  # noqa: BLE001 - a header the parser cannot take is read by the fallback alone
+        rescued = _rescue(value)
+        return [rescued] if rescued is not None else []
+    assert isinstance(header, AddressHeader)
+    found = [a for a in header.addresses if a.username and a.domain]
+    defects: tuple[errors.MessageDefect, ...] = getattr(header, "defects", ())  # BaseHeader's, untyped here
+    defective = any(isinstance(d, (errors.InvalidHeaderDefect, errors.HeaderMissingRequiredValue)) for d in defects)
+    if defective or len(found) != len(header.addresses):
+        rescued = _rescue(value)
+        if rescued is not None:
+            return [rescued]
+    # The stdlib decodes encoded words by their label alone; the raw name of the same mailbox
+    # goes through our charset table instead. getaddresses on the raw value keeps words encoded.
+    raw_names = [n for n, _ in getaddresses([value])]
+    paired = len(raw_names) == len(header.addresses)
+    out: list[Mailbox] = []
+    for i, a in enumerate(header.addresses):
+        if not (a.username and a.domain):
+            continue
+        name = _from_surrogates(a.display_name)
+        if paired and ("=?" in raw_names[i] or not name):  # not name: a comment ("a@b (Name)") names it
+            name = _name(raw_names[i])
+        out.append(Mailbox(name.strip(), _from_surrogates(a.addr_spec)))
+    return out
+
+
+def header_mailboxes(msg: Message, *names: str) -> list[Mailbox]:
+    """Every mailbox of the named headers (every occurrence of each), in order."""
+    return [mb for n in names for v in raw_values(msg, n) for mb in mailboxes(v)]
+
+
 def addresses(msg: Message, *names: str) -> list[tuple[str, str]]:
     """(display name, address) pairs from the named address headers, decoded, empty ones dropped."""
-    raws = [decode_value(v) for n in names for v in raw_values(msg, n)]
-    pairs = getaddresses(raws)
-    return [(n.strip(), a.strip()) for n, a in pairs if a and "@" in a]
+    return [(mb.name, mb.address) for mb in header_mailboxes(msg, *names)]
 
 
-def first_address(msg: Message, name: str) -> tuple[str, str] | None:
-    value = header_text(msg, name)
-    if not value:
+def first_address(msg: Message, name: str) -> Mailbox | None:
+    """The first mailbox of the first header `name` that has one."""
+    for value in raw_values(msg, name):
+        found = mailboxes(value)
+        if found:
+            return found[0]
+    return None
+
+
+def sender_warning(msg: Message, sender: Mailbox) -> dict[str, Any] | None:
+    """Why the inbox should warn about this sender, or None.
+
+    The display name shows another address, or the From headers name several
+    authors (only the first is the contact). The real address is what the
+    message is stored under either way; the warning is what the agent sees.
+    """
+    shown = list(sender.claimed)
+    others = [mb.address for mb in header_mailboxes(msg, "From") if mb.address.lower() != sender.address.lower()]
+    reasons = []
+    if shown:
+        reasons.append("display_name_address")
+    if others:
+        reasons.append("several_from")
+    if not reasons:
         return None
-    display, addr = parseaddr(value)
-    return (display.strip(), addr.strip()) if addr else None
+    return {
+        "reasons": reasons,
+        "address": sender.address,
+        "display_name": sender.name,
+        "claimed": list(dict.fromkeys(shown + [o.lower() for o in others])),
+    }
 
 
 _MSGID = re.compile(r"<([^<>\s]+)>")

@@ -7,7 +7,14 @@ The raw bytes are always the message's first part; bodies become `text`
 and sanitised `html`; every other leaf becomes a part (inline when the HTML
 shows it by `cid:`); TNEF containers are unpacked; delivery reports and
 automatic mail are described in `meta`. Only a message that can never be
-stored (empty, no sender address anywhere) raises `PermanentError`.
+stored (empty, no sender address anywhere, MIME nested deeper than
+`MAX_MIME_DEPTH`) raises `PermanentError`.
+
+Work per message is bounded by its structure, not only its size: the stdlib
+parser checks every line against every open boundary and recurses per level
+(1,000 nested multiparts take seconds, then overflow the stack), so nesting
+is measured by a linear scan before parsing; HTML is bounded before it is
+sanitised (`sanitize.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 from channels.email.autoreply import automatic_reason
 from channels.email.charset import decode_text
 from channels.email.dsn import parse_report, report_effect
-from channels.email.headers import addresses, first_address, header_text, message_ids
+from channels.email.headers import Mailbox, addresses, first_address, header_text, message_ids, sender_warning
 from channels.email.sanitize import sanitize
 from channels.email.thread_hints import build_hints, parse_own_id
 from channels.email.tnef import TnefError, read_tnef
@@ -34,6 +41,8 @@ from umsg.errors import PermanentError
 from umsg.model import Address, Effect, IdentityKind, Inbound, InboundPart
 
 RAW_MEDIA_TYPE = "message/rfc822"
+# Real mail nests a few levels (a forward of a forward of a signed message: under ten).
+MAX_MIME_DEPTH = 64
 _TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
 
 
@@ -225,6 +234,41 @@ def _parser() -> BytesParser:
     return BytesParser(policy=policy.default.clone(header_factory=_ParsedOnce()))
 
 
+_BOUNDARY = re.compile(rb"""boundary[ \t]*=[ \t]*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""", re.I)
+_DELIMITER = re.compile(rb"^--([^\r\n]{1,200}?)(--)?[ \t]*\r?$", re.M)
+
+
+def mime_depth(raw: bytes) -> int:
+    """How deeply the multiparts of `raw` nest, from its boundaries alone (one linear scan).
+
+    Each declared boundary opens a level; a delimiter line of an open boundary
+    closes the levels opened inside it (`--b--` closes b too). A boundary named
+    only in body text counts as well: the estimate errs high, never low.
+    """
+    events = sorted([(m.start(), 0, m.group(1) or m.group(2)) for m in _BOUNDARY.finditer(raw)]
+                    + [(m.start(), 1, m.group(1) + (m.group(2) or b"")) for m in _DELIMITER.finditer(raw)])
+    stack: list[bytes] = []
+    where: dict[bytes, int] = {}
+    deepest = 0
+    for _, kind, value in events:
+        if kind == 0:
+            if value not in where:
+                where[value] = len(stack)
+                stack.append(value)
+                deepest = max(deepest, len(stack))
+            continue
+        closing = value.endswith(b"--") and value[:-2] in where
+        name = value[:-2] if closing else value
+        level = where.get(name)
+        if level is None:
+            continue
+        keep = level if closing else level + 1
+        for gone in stack[keep:]:
+            del where[gone]
+        del stack[keep:]
+    return deepest
+
+
 def parse_bytes(raw: bytes) -> EmailMessage:
     msg = _parser().parsebytes(raw)
     if any(isinstance(d, errors.MissingHeaderBodySeparatorDefect) for d in msg.defects):
@@ -246,10 +290,21 @@ def to_inbound(
     """Parse `raw` into the normalised message; PermanentError names why it can never be stored."""
     if not raw.strip():
         raise PermanentError("empty message")
+    depth = mime_depth(raw)
+    if depth > MAX_MIME_DEPTH:
+        raise PermanentError(f"MIME parts nested {depth} levels deep; the limit is {MAX_MIME_DEPTH}")
+    try:
+        return _to_inbound(raw, channel=channel, project=project, own_domain=own_domain, envelope=envelope)
+    except RecursionError:
+        # Structure the scan above did not see (nested message/rfc822 parts): the same on every retry.
+        raise PermanentError("message structure nested too deeply to read") from None
+
+
+def _to_inbound(raw: bytes, *, channel: str, project: str, own_domain: str | None, envelope: Envelope) -> Inbound:
     msg = parse_bytes(raw)
     sender = first_address(msg, "From") or first_address(msg, "Sender") or first_address(msg, "Reply-To")
     if sender is None and envelope.mail_from and "@" in envelope.mail_from:
-        sender = ("", envelope.mail_from)
+        sender = Mailbox("", envelope.mail_from)
     if sender is None:
         raise PermanentError("no sender address (no usable From, Sender or envelope sender)")
     recipients = tuple(envelope.rcpt_tos) or tuple(a for _, a in addresses(msg, "To", "Cc"))
@@ -263,6 +318,9 @@ def to_inbound(
         cids = frozenset(p.content_id for p in bodies.parts if p.content_id)
         safe = sanitize("\n".join(bodies.html), cids)
         html = safe.html
+        if safe.flattened or safe.truncated:
+            # The inbox says the view is partial; the stored raw message has it all.
+            meta["html_bounded"] = {"flattened_tags": safe.flattened, "truncated_chars": safe.truncated}
         if safe.remote_images:
             meta["remote_images"] = list(safe.remote_images)
         shown = set(safe.inline_refs)
@@ -273,7 +331,12 @@ def to_inbound(
         ]
     if bodies.guessed:
         meta["charset_guessed"] = bodies.guessed
-    reason = automatic_reason(msg, own_domain, sender[1])
+    # Addresses were split before decoding; a display name still showing another address is
+    # a forgery attempt (or a confusing client) the agent must see.
+    warning = sender_warning(msg, sender)
+    if warning is not None:
+        meta["sender_warning"] = warning
+    reason = automatic_reason(msg, own_domain, sender.address)
     if reason:
         meta["auto_submitted"] = True
         meta["auto_submitted_reason"] = reason
@@ -297,7 +360,8 @@ def to_inbound(
     )
     return Inbound(
         channel=channel,
-        sender=Address(IdentityKind.EMAIL, sender[1], sender[0] or None),
+        # A name showing another address would name the contact after the one impersonated.
+        sender=Address(IdentityKind.EMAIL, sender.address, None if warning or not sender.name else sender.name),
         recipients=recipients,
         dedupe_key=_dedupe_key(msg_id, raw, msg),
         raw=raw,

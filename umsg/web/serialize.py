@@ -73,6 +73,8 @@ def message(m: Message, parts: Iterable[Part] = ()) -> Json:
         "status_detail": m.status_detail,
         "author_agent_id": m.author_agent_id,
         "flags": m.flags,
+        # Set by the email channel when the display name shows an address that is not the sender's.
+        "sender_warning": (m.flags or {}).get("sender_warning"),
         "sent_at": ts(m.sent_at),
         "created_at": ts(m.created_at),
         "parts": [part(p) for p in parts],
