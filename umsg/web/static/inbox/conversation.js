@@ -99,8 +99,22 @@ export class ConversationView {
       here ? null : el("span", { class: "muted" }, ` (conversation #${m.conversation_id})`),
       el("time", { datetime: m.created_at }, when(m.created_at)),
       m.direction === "out" ? el("span", { class: "status" }, m.status) : null),
+    this.senderWarning(m),
     m.subject ? el("div", { class: "subject" }, m.subject) : null,
     body);
+  }
+
+  // The sender's display name shows another address (or the mail names several authors): the
+  // message is filed under the real address, and the agent is told not to trust the name.
+  senderWarning(m) {
+    const w = m.direction === "in" ? m.sender_warning : null;
+    if (!w) return null;
+    const claimed = (w.claimed || []).join(", ");
+    const shown = (w.reasons || []).includes("display_name_address")
+      ? `The sender's name “${w.display_name}” shows ${claimed}, but this message came from ${w.address}.`
+      : `This message names several senders (${claimed}); it is filed under ${w.address}.`;
+    return el("div", { class: "sender-warning", role: "alert", dataset: { warning: (w.reasons || []).join(" ") } },
+      el("strong", {}, "⚠ Possible impersonation. "), shown, " Do not trust the name; check before acting.");
   }
 
   composer() {
