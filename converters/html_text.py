@@ -1,23 +1,170 @@
-"""text/html → text/plain: a readable plain-text rendering of an HTML body.
+"""text/html → text/plain, and the bounds every HTML body passes before any parser sees it.
 
-Used for search, notifications, SMS answers and agents who prefer text.
-Scripts and styles are dropped; block elements become line breaks; links keep
-their target in brackets.
+`html_to_text` is a readable plain-text rendering of an HTML body, used for
+search, notifications, SMS answers and agents who prefer text. Scripts and
+styles are dropped; block elements become line breaks; links keep their
+target in brackets.
+
+`bound_html` caps the size and nesting depth of markup in one linear pass.
+HTML5 tree builders (html5ever under nh3, and so every sanitiser built on
+it) check the stack of open elements on each tag, so deeply nested markup
+costs them time quadratic in the depth: 40,000 nested `<div>` take ~10 s.
+The pass re-serialises what it reads (attributes quoted anew, stray `<`
+escaped, comments dropped), so the markup the sanitiser gets is balanced
+and no deeper than the bound whatever the input's tricks; tags below the
+bound are dropped and their text kept (flattened). `sanitize_html` is the
+one sanitising pass: bound, then nh3, marked `SanitizedHtml` so the ingest
+does not clean it a second time.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import ClassVar
+
+import nh3
 
 from converters.base import Converted, derived_filename
 from umsg.errors import ConversionError
 
+# Deeper than any real mail (nested layout tables reach a few dozen levels) and cheap for nh3:
+# its cost per tag grows with the depth, so 2.6 MB of markup at this depth cleans in ~0.2 s.
+MAX_DEPTH = 128
+# Characters of markup read at all; the rest is cut (the stored raw message keeps it).
+MAX_CHARS = 1024 * 1024
+
 _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre",
           "table", "ul", "ol", "hr", "section", "article", "header", "footer"}
 _SKIP = {"script", "style", "head", "title", "template", "noscript"}
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "keygen", "link", "meta",
+                   "param", "source", "track", "wbr"})
+# Raw-text elements: nothing in them is shown by the sanitiser or the text rendering, so they go whole.
+_RAW_END = {"script": re.compile(r"</script", re.I), "style": re.compile(r"</style", re.I)}
+# One search per token: a comment opener, a bogus comment (doctype, `<?`, `</` not followed by a
+# letter), a tag, or else a lone `<`. `<` is excluded outside quotes so a failed tag match stops at
+# the next tag: no rescans, no quadratic worst case.
+_TOKEN = re.compile(r"<(?:(!--)|([!?]|/(?![A-Za-z]))"
+                    r"|(/?)([A-Za-z][^\t\n\f\r />\x00<]*)((?:[^>\"'<]|\"[^\"]*\"|'[^']*')*)>)?")
+_ATTR = re.compile(r"""([^\t\n\f\r />"'=]+)(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"([^"]*)"|'([^']*)'|([^\t\n\f\r >]+)))?""")
+_ATTR_NAME = re.compile(r"[A-Za-z_:][-A-Za-z0-9_:.]*\Z")
+# How far down the open elements an end tag looks for its start tag (the rest of it is dropped):
+# a fixed window keeps mismatched markup linear.
+_END_WINDOW = 32
+
+
+class SanitizedHtml(str):
+    """HTML already made safe by `sanitize_html` (bounded and allow-list cleaned): shown as it is.
+
+    A type, not a flag in the message's facts, so a sender cannot claim it: only code does.
+    """
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class BoundedHtml:
+    """Markup within the bounds, and what was cut to get there."""
+
+    html: str
+    flattened: int  # tags below the depth bound dropped (their text kept)
+    truncated: int  # characters beyond the size bound not read
+
+
+def _tag(name: str, attrs: str) -> str:
+    if not attrs.strip(" /"):
+        return f"<{name}>"
+    out = [name]
+    for m in _ATTR.finditer(attrs):
+        attr = m.group(1).lower()
+        if not _ATTR_NAME.match(attr):
+            continue  # no sanitiser keeps such a name; a stray quote or `<` must not shape the tag
+        value = next((v for v in m.group(2, 3, 4) if v is not None), None)
+        out.append(attr if value is None else f'{attr}="{value.replace(chr(34), "&quot;")}"')
+    return "<" + " ".join(out) + ">"
+
+
+def bound_html(markup: str, max_depth: int = MAX_DEPTH, max_chars: int = MAX_CHARS) -> BoundedHtml:
+    """`markup` cut to `max_chars`, re-serialised balanced, with elements below `max_depth` flattened."""
+    truncated = max(0, len(markup) - max_chars)
+    src = markup
+    if truncated:
+        src = markup[:max_chars]
+        cut = src.rfind("<")
+        if cut > src.rfind(">"):
+            src = src[:cut]  # a tag cut in half is dropped, as HTML5 drops a tag at the end of input
+    out: list[str] = []
+    # Open elements: name and whether it was written (False: flattened).
+    stack: list[tuple[str, bool]] = []
+    depth = flattened = pos = 0
+    search = _TOKEN.search
+    while (m := search(src, pos)) is not None:
+        if m.start() > pos:
+            out.append(src[pos : m.start()])
+        comment, bogus, slash, name, attrs = m.groups()
+        pos = m.end()
+        if comment:
+            close = src.find("-->", pos)
+            pos = len(src) if close < 0 else close + 3  # an unclosed comment runs to the end, as in HTML5
+            continue
+        if bogus:
+            close = src.find(">", pos)
+            pos = len(src) if close < 0 else close + 1
+            continue
+        if name is None:
+            out.append("&lt;")  # not a tag: text, and it must not become one downstream
+            continue
+        name = name.lower()
+        if slash:
+            for i in range(len(stack) - 1, max(0, len(stack) - _END_WINDOW) - 1, -1):
+                if stack[i][0] == name:
+                    for open_name, written in reversed(stack[i:]):
+                        if written:
+                            out.append(f"</{open_name}>")
+                            depth -= 1
+                    del stack[i:]
+                    break
+        elif name in _RAW_END:
+            found = _RAW_END[name].search(src, pos)
+            close = src.find(">", found.end()) if found else -1
+            pos = len(src) if close < 0 else close + 1
+        elif name in _VOID:
+            out.append(_tag(name, attrs))
+        elif depth < max_depth:
+            out.append(_tag(name, attrs))
+            stack.append((name, True))
+            depth += 1
+        else:
+            stack.append((name, False))
+            flattened += 1
+    out.append(src[pos:])
+    out.extend(f"</{name}>" for name, written in reversed(stack) if written)
+    return BoundedHtml("".join(out), flattened, truncated)
+
+
+AttributeFilter = Callable[[str, str, str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Sanitized:
+    """The one sanitising pass's result: safe HTML and what the bounds cut."""
+
+    html: SanitizedHtml
+    flattened: int
+    truncated: int
+
+
+def sanitize_html(markup: str, *, attribute_filter: AttributeFilter | None = None,
+                  url_schemes: Iterable[str] | None = None, max_depth: int = MAX_DEPTH,
+                  max_chars: int = MAX_CHARS) -> Sanitized:
+    """Bound `markup`, then clean it with nh3's allow-list (`attribute_filter` sees each kept attribute)."""
+    bounded = bound_html(markup, max_depth, max_chars)
+    schemes = set(url_schemes) if url_schemes is not None else set(nh3.ALLOWED_URL_SCHEMES)
+    cleaned = nh3.clean(bounded.html, attribute_filter=attribute_filter, url_schemes=schemes)
+    return Sanitized(SanitizedHtml(cleaned), bounded.flattened, bounded.truncated)
 
 
 class _TextExtractor(HTMLParser):
@@ -51,9 +198,10 @@ class _TextExtractor(HTMLParser):
             self.out.append(data)
 
 
-def html_to_text(markup: str) -> str:
+def html_to_text(markup: str, max_depth: int = MAX_DEPTH, max_chars: int = MAX_CHARS) -> str:
+    """A plain-text rendering of `markup`, read within the same bounds as the sanitiser's."""
     parser = _TextExtractor()
-    parser.feed(markup)
+    parser.feed(bound_html(markup, max_depth, max_chars).html)
     parser.close()
     text = html.unescape("".join(parser.out)).replace("\xa0", " ")
     lines = [re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in text.split("\n")]
