@@ -8,7 +8,8 @@ build step, nothing fetched from elsewhere.
 Routes (mounted under `/channels/<instance>/`, outside the API's token auth; the visitor
 token authenticates): `GET widget.js`, `GET widget.css`, `GET ws` (the customer websocket,
 protocol in README.md "Web chat protocol"), `POST upload` (a file as the raw body, size and
-type limits), `GET file/<part id>?token=` (attachments of the visitor's own chats).
+type limits), `GET file/<part id>?token=` (attachments of the visitor's own chats),
+`GET|POST transcript` (the confirmation link of a transcript mail, transcripts.py).
 
 Capabilities: inbound and outbound text, attachments (uploads in, agents' files out as
 download links), threading (one visitor's lines continue one conversation), realtime.
@@ -19,14 +20,17 @@ agent typing, conversation closed) follow the event log.
 Offline (outside `hours`, or no agent "available" when `offline_when_no_agent`): the widget
 offers "leave a message" with an email address; the email becomes an identity of the
 contact and the conversation's channel becomes `email_channel`, so agents' replies default
-to email. Optional transcript by email (`end` with `transcript: true`) and rating (1–5 and a
+to email. Optional transcript by email (`end` with `transcript: true`; only to an address the visitor
+proved by a confirmation link, and only with `http.public_url` set) and rating (1–5 and a
 comment; kept in ChannelState `rating:<conversation id>` and announced as a
 `conversation.updated` event with `changes.rating`).
 
 Settings: `secret` (signs visitor tokens; required), `allowed_origins`, `project`,
 `max_text_chars`, `max_upload_bytes`, `upload_types`, `hours` (tz + weekday
 hours + holidays), `offline_when_no_agent`, `prechat_form`, `transcript`, `rating`,
-`email_channel` (default: the one configured email instance), `title`, `history_limit`.
+`email_channel` (default: the one configured email instance), `title`, `history_limit`,
+`limits` (abuse limits per visitor and client address: lines, uploads, transcript mail,
+sockets, idle timeout; limits.py; refusals in `umsg_webchat_refused_total`).
 Messages carry the instance's name (`[channels.NAME]`, any name) as their channel; the
 adapter answers on chat visitor ids, so a reply on it goes to the visitor's chat.
 

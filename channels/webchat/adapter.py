@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from typing import ClassVar
@@ -13,11 +14,13 @@ from aiohttp import web
 
 from channels.base import Capabilities, ChannelAdapter, ChannelRef, InboundSink, Limits
 from channels.webchat.files import download, preflight, upload
+from channels.webchat.limits import LimitsCollector, SocketCount
 from channels.webchat.notices import NoticeFollower
 from channels.webchat.runtime import ChatRuntime
 from channels.webchat.session import chat_socket
 from channels.webchat.settings import WebchatSettings
 from channels.webchat.store import ChatStore
+from channels.webchat.transcripts import confirm_page, confirm_post
 from umsg.errors import ConfigError, PermanentError, TransientError
 from umsg.model import DeliveryResult, DeliveryStatus, IdentityKind, Outbound
 from umsg.services import ChannelServices
@@ -45,6 +48,9 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
         self._assets = {name: _asset(name) for name in _ASSETS}
         self._stop = asyncio.Event()
         self._follower: asyncio.Task[None] | None = None
+        # Made here, not at bind: the web app registers the metrics before or after binding.
+        self._refusals: Counter[str] = Counter()
+        self._sockets = SocketCount()
 
     @property
     def runtime(self) -> ChatRuntime:
@@ -72,7 +78,12 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
         store = ChatStore(services.chat, channel=self.channel, project=self.settings.project,
                           instance=self.instance_name)
         self._rt = ChatRuntime(settings=self.settings, scope=self.instance_name, channel=self.channel,
-                               email_channel=email_channel, store=store, services=services)
+                               email_channel=email_channel, store=store, services=services,
+                               refusals=self._refusals, sockets=self._sockets)
+
+    def metrics_collector(self) -> LimitsCollector:
+        """Refusals by reason and open sockets, for the web app's metrics registry."""
+        return LimitsCollector(self.instance_name, self._refusals, self._sockets)
 
     def web_routes(self) -> Sequence[web.RouteDef]:
         def rt() -> ChatRuntime:
@@ -100,8 +111,16 @@ class WebchatChannel(ChannelAdapter[WebchatSettings]):
         async def get_file(request: web.Request) -> web.StreamResponse:
             return await download(rt(), request)
 
+        async def get_transcript(request: web.Request) -> web.StreamResponse:
+            return await confirm_page(rt(), request)
+
+        async def post_transcript(request: web.Request) -> web.StreamResponse:
+            return await confirm_post(rt(), request)
+
         return (
             web.get("/{name:widget\\.(?:js|css)}", asset),
+            web.get("/transcript", get_transcript),
+            web.post("/transcript", post_transcript),
             web.get("/ws", ws),
             web.post("/upload", post_upload),
             web.options("/upload", options_upload),

@@ -16,12 +16,15 @@ from aiohttp import web
 
 from channels.webchat.ids import CLIENT_ID_RE, safe_filename
 from channels.webchat.inbound import Visitor, to_inbound
-from channels.webchat.runtime import ChatRuntime
+from channels.webchat.limits import RateLimited
+from channels.webchat.runtime import ChatRuntime, client_address
 from umsg.errors import PermanentError
 from umsg.model import InboundPart
 
 TOKEN_HEADER = "X-Umsg-Visitor"
 _CHUNK = 64 * 1024
+# Part ids are 64-bit row ids: a longer number is no id of ours (and would overflow the query).
+_MAX_PART_ID = 2**63 - 1
 
 
 def _problem(status: int, code: str, message: str, request: web.Request, rt: ChatRuntime) -> web.Response:
@@ -66,6 +69,13 @@ async def upload(rt: ChatRuntime, request: web.Request) -> web.StreamResponse:
     client_id = request.query.get("client_id", "")
     if not CLIENT_ID_RE.match(client_id):
         return _problem(400, "invalid", "client_id must be 1-64 letters, digits, - or _", request, rt)
+    try:
+        rt.gates.upload.check(rt.refusals, visitor=vid, address=client_address(request))
+    except RateLimited as exc:
+        wait = max(1, round(exc.retry_after + 0.5))
+        resp = _problem(429, "rate_limited", f"too many uploads; try again in {wait} s", request, rt)
+        resp.headers["Retry-After"] = str(wait)
+        return resp
     media_type = (request.content_type or "application/octet-stream").lower()
     if not rt.settings.upload_allowed(media_type):
         allowed = ", ".join(rt.settings.upload_types)
@@ -99,10 +109,11 @@ async def upload(rt: ChatRuntime, request: web.Request) -> web.StreamResponse:
 async def download(rt: ChatRuntime, request: web.Request) -> web.StreamResponse:
     """A chat attachment for the visitor whose conversation it is in (token in `?token=`)."""
     vid = rt.visitor_from(request.query.get("token"))
-    try:
-        part_id = int(request.match_info["part"])
-    except ValueError:
-        raise web.HTTPNotFound() from None
+    digits = request.match_info["part"]
+    # Bounded before int(): a huge digit string is no id of ours, and converting it costs CPU.
+    part_id = int(digits) if 0 < len(digits) <= 19 else 0
+    if not 0 < part_id <= _MAX_PART_ID:
+        raise web.HTTPNotFound()
     contact = await rt.store.contact(vid) if vid else None
     part = await rt.store.visitor_part(part_id, contact.contact_id) if contact else None
     if part is None:

@@ -20,22 +20,41 @@ Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s<>]+@
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 # Generous bound for a whole frame; `max_text_chars` of the settings bounds the text itself.
 MAX_FRAME_BYTES = 256 * 1024
+# Frames are flat objects; anything nested deeper is refused before validation walks it.
+MAX_DEPTH = 8
 
 
 class ProtocolError(UmsgError):
     """A frame the server cannot act on; answered with an `error` frame."""
 
-    def __init__(self, code: str, message: str, client_id: str | None = None) -> None:
+    def __init__(self, code: str, message: str, client_id: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.client_id = client_id
+        self.retry_after = retry_after
 
     def frame(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
         if self.client_id is not None:
             out["client_id"] = self.client_id
+        if self.retry_after is not None:
+            out["retry_after"] = max(1, round(self.retry_after + 0.5))
         return out
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Is `value` nested deeper than `limit`? Iterative: a hostile frame cannot recurse us."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 class _Frame(BaseModel):
@@ -100,10 +119,15 @@ def parse_frame(raw: str | bytes, max_text_chars: int) -> ClientFrame:
         raise ProtocolError("too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
     try:
         data = json.loads(raw)
+    except RecursionError:
+        # The C decoder gives up at the interpreter's recursion limit: a hostile nesting.
+        raise ProtocolError("too_deep", f"frames may nest at most {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("bad_json", 'frames must be JSON objects like {"type": "ping"}') from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_frame", 'frames must be JSON objects like {"type": "ping"}')
+    if _too_deep(data, MAX_DEPTH):
+        raise ProtocolError("too_deep", f"frames may nest at most {MAX_DEPTH} levels")
     cid = data.get("client_id")
     client_id = cid if isinstance(cid, str) and len(cid) <= 64 else None
     if data.get("type") not in TYPES:

@@ -8,6 +8,7 @@ downloads (`services.outbox`, `services.blobs`), the event log for live notices
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,8 @@ from aiohttp import web
 from channels.base import InboundSink
 from channels.webchat.hub import Hub
 from channels.webchat.ids import verify_visitor
-from channels.webchat.settings import WebchatSettings
+from channels.webchat.limits import Gate, RateLimiter, SocketCount
+from channels.webchat.settings import ChatLimits, WebchatSettings
 from channels.webchat.store import ChatStore
 from umsg.errors import TransientError
 from umsg.model import Inbound, IngestResult
@@ -26,6 +28,36 @@ from umsg.services import ChannelServices
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class Gates:
+    """The rate limits of one instance, built from its settings."""
+
+    message: Gate
+    upload: Gate
+    transcript: Gate
+    connect: Gate
+
+    @classmethod
+    def from_limits(cls, lim: ChatLimits) -> Gates:
+        minute, hour = 60.0, 3600.0
+        return cls(
+            message=Gate("message", {"visitor": RateLimiter(lim.messages_per_minute, minute),
+                                     "address": RateLimiter(lim.messages_per_minute_per_address, minute)}),
+            upload=Gate("upload", {"visitor": RateLimiter(lim.uploads_per_hour, hour),
+                                   "address": RateLimiter(lim.uploads_per_hour_per_address, hour)}),
+            transcript=Gate("transcript", {
+                "visitor": RateLimiter(lim.transcripts_per_hour, hour),
+                "address": RateLimiter(lim.transcripts_per_hour_per_address, hour),
+                "recipient": RateLimiter(lim.transcripts_per_hour_per_recipient, hour)}),
+            connect=Gate("connect", {"address": RateLimiter(lim.connects_per_minute_per_address, minute)}),
+        )
+
+
+def client_address(request: web.Request) -> str:
+    """The peer's address (forwarding headers are not trusted: anyone can write them)."""
+    return request.remote or "unknown"
 
 
 @dataclass
@@ -39,6 +71,13 @@ class ChatRuntime:
     hub: Hub = field(default_factory=Hub)
     sink: InboundSink | None = None
     clock: Callable[[], datetime] = _utcnow
+    gates: Gates = field(init=False)
+    # Refusals by reason (`<action>_<scope>`, `sockets`, `idle`): the metrics read them.
+    refusals: Counter[str] = field(default_factory=Counter)
+    sockets: SocketCount = field(default_factory=SocketCount)
+
+    def __post_init__(self) -> None:
+        self.gates = Gates.from_limits(self.settings.limits)
 
     async def ingest(self, inbound: Inbound) -> IngestResult:
         if self.sink is None:

@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 from channels.webchat.hub import Connection
 from channels.webchat.ids import new_visitor_id, sign_visitor
 from channels.webchat.inbound import Visitor, to_inbound
+from channels.webchat.limits import RateLimited
 from channels.webchat.protocol import (
     MAX_FRAME_BYTES,
     End,
@@ -31,7 +32,8 @@ from channels.webchat.protocol import (
     Typing,
     parse_frame,
 )
-from channels.webchat.runtime import ChatRuntime
+from channels.webchat.runtime import ChatRuntime, client_address
+from channels.webchat.transcripts import is_proven, link_base, send_confirmation, send_transcript
 from umsg.errors import PermanentError
 from umsg.model import AddIdentity, ContinueOn, Effect, IdentityKind, IngestResult
 
@@ -41,10 +43,15 @@ log = logging.getLogger(__name__)
 TYPING_EVERY_SECONDS = 3.0
 
 
+# Close codes (RFC 6455 private range): the widget reconnects on any close.
+CLOSE_IDLE = 4008
+
+
 class ChatSession:
-    def __init__(self, rt: ChatRuntime, conn: Connection) -> None:
+    def __init__(self, rt: ChatRuntime, conn: Connection, address: str = "unknown") -> None:
         self.rt = rt
         self.conn = conn
+        self.address = address  # the client's address, for the per-address limits
         self.visitor: Visitor | None = None
         self._typing_at = -TYPING_EVERY_SECONDS
         self._typing_on = False
@@ -74,6 +81,21 @@ class ChatSession:
                 await self.end(frame)
         except ProtocolError as exc:
             await self.conn.send(exc.frame())
+        except Exception:
+            # A bug must not end the visitor's socket or leak a traceback into it; it is logged.
+            log.exception("web chat: handling a frame failed")
+            await self.conn.send({"type": "error", "code": "internal", "message": "that did not work; try again"})
+
+    def _limit(self, gate: str, client_id: str | None = None, recipient: str | None = None) -> None:
+        """Spend one token of `gate` for this visitor and address, or refuse with `rate_limited`."""
+        assert self.visitor is not None
+        try:
+            getattr(self.rt.gates, gate).check(self.rt.refusals, visitor=self.visitor.visitor_id,
+                                               address=self.address, recipient=recipient)
+        except RateLimited as exc:
+            raise ProtocolError("rate_limited", f"too many requests ({exc.reason.replace('_', ' per ')}); "
+                                f"try again in {max(1, round(exc.retry_after + 0.5))} s", client_id,
+                                retry_after=exc.retry_after) from None
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -106,7 +128,8 @@ class ChatSession:
             "status": await rt.status(),
             "contact": {"name": self.visitor.name, "email": self.visitor.email},
             "conversation_id": self.conn.conversation_id,
-            "features": {"prechat": s.prechat_form, "transcript": s.transcript, "rating": s.rating,
+            "features": {"prechat": s.prechat_form, "transcript": s.transcript and link_base(rt) is not None,
+                         "rating": s.rating,
                          "upload": {"max_bytes": s.max_upload_bytes, "types": s.upload_types},
                          "max_text_chars": s.max_text_chars, "title": s.title},
             "history": history,
@@ -114,6 +137,7 @@ class ChatSession:
 
     async def prechat(self, frame: Prechat) -> None:
         assert self.visitor is not None
+        self._limit("message")  # it may write an identity
         self.visitor = replace(self.visitor, name=frame.name or self.visitor.name,
                                email=frame.email or self.visitor.email)
         if self.conn.contact_id is not None and frame.email:
@@ -122,12 +146,14 @@ class ChatSession:
         await self.conn.send({"type": "ok", "for": "prechat"})
 
     async def say(self, frame: Say) -> None:
+        self._limit("message", frame.client_id)
         result = await self._ingest(frame.client_id, frame.text)
         await self._acked(frame.client_id, frame.text, result)
 
     async def leave_message(self, frame: LeaveMessage) -> None:
         """Offline: store the message, keep the email, and let the conversation go on by email."""
         assert self.visitor is not None
+        self._limit("message", frame.client_id)
         self.visitor = replace(self.visitor, email=frame.email, name=frame.name or self.visitor.name)
         # Replies go by email from now on: switched in the message's own transaction.
         result = await self._ingest(frame.client_id, frame.text, {"webchat_offline": True},
@@ -139,7 +165,10 @@ class ChatSession:
         if conv is None:
             return  # nobody can be watching a conversation that does not exist yet
         now = asyncio.get_running_loop().time()
-        if frame.on == self._typing_on and (not frame.on or now - self._typing_at < TYPING_EVERY_SECONDS):
+        if frame.on == self._typing_on and not frame.on:
+            return
+        if frame.on and now - self._typing_at < TYPING_EVERY_SECONDS:
+            # Also after an "off": toggling on/off cannot write more than twice per interval.
             return
         self._typing_on = frame.on
         if frame.on:
@@ -150,29 +179,39 @@ class ChatSession:
         if not self.rt.settings.rating:
             raise ProtocolError("disabled", "ratings are not enabled on this chat")
         conv = self._conversation()
+        self._limit("message")
         await self.rt.store.rate(conv, frame.score, frame.comment, self.rt.clock())
         await self.conn.send({"type": "ok", "for": "rate"})
 
     async def end(self, frame: End) -> None:
-        """The visitor ends the chat; a transcript goes to their email when asked and enabled."""
+        """The visitor ends the chat. With `transcript`, a proven address gets the transcript;
+        a new one first gets a confirmation link (channels/webchat/transcripts.py)."""
         assert self.visitor is not None
-        rt, sent = self.rt, False
+        rt, sent, confirm = self.rt, False, False
         if frame.transcript:
-            if not rt.settings.transcript:
+            if not rt.settings.transcript or link_base(rt) is None:
                 raise ProtocolError("disabled", "transcripts are not enabled on this chat")
-            if not self.visitor.email:
+            email = self.visitor.email
+            if not email:
                 raise ProtocolError("no_email", "give an email address (prechat) to receive a transcript")
             conv = self._conversation()
-            text = await rt.store.transcript(conv)
+            contact = self.conn.contact_id
+            if contact is None:
+                raise ProtocolError("no_conversation", "there is no conversation yet: send a message first")
+            self._limit("transcript", recipient=email.strip().lower())
             try:
-                await rt.services.outbox.reply(project_id=await rt.store.project_id(), conversation_id=conv,
-                                      channel=rt.email_channel, to=self.visitor.email,
-                                      subject=f"{rt.settings.title}: your transcript", text=text,
-                                      automatic=True, flags={"transcript": True})
+                if await is_proven(rt, contact, email):
+                    await send_transcript(rt, conv, email)
+                    sent = True
+                else:
+                    await send_confirmation(rt, conv, contact, email)
+                    confirm = True
             except PermanentError as exc:
                 raise ProtocolError("rejected", str(exc)) from None
-            sent = True
-        await self.conn.send({"type": "ok", "for": "end", "transcript": sent})
+        answer: dict[str, Any] = {"type": "ok", "for": "end", "transcript": sent}
+        if confirm:
+            answer["confirm"] = self.visitor.email
+        await self.conn.send(answer)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -220,20 +259,47 @@ class ChatSession:
 async def chat_socket(rt: ChatRuntime, request: web.Request) -> web.StreamResponse:
     if not rt.origin_ok(request):
         raise web.HTTPForbidden(text="this page's origin may not use the chat")
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
-    if not ws.can_prepare(request).ok:
-        raise web.HTTPUpgradeRequired(headers={"Upgrade": "websocket"}, text="connect with Upgrade: websocket")
-    await ws.prepare(request)
-    conn = Connection(ws)
-    session = ChatSession(rt, conn)
+    address = client_address(request)
+    lim = rt.settings.limits
     try:
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await session.handle(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await conn.send({"type": "error", "code": "binary", "message": "send JSON text frames"})
-    except ConnectionResetError:
-        pass
+        rt.gates.connect.check(rt.refusals, address=address)
+    except RateLimited as exc:
+        raise web.HTTPTooManyRequests(text="too many chat connections from this address; try again later",
+                                      headers={"Retry-After": str(max(1, round(exc.retry_after + 0.5)))}) from None
+    if not rt.sockets.opened(address, lim.sockets_per_address):
+        rt.refusals["sockets_address"] += 1
+        raise web.HTTPTooManyRequests(text="too many open chat sockets from this address",
+                                      headers={"Retry-After": "60"})
+    try:
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
+        if not ws.can_prepare(request).ok:
+            raise web.HTTPUpgradeRequired(headers={"Upgrade": "websocket"}, text="connect with Upgrade: websocket")
+        await ws.prepare(request)
+        conn = Connection(ws)
+        session = ChatSession(rt, conn, address)
+        try:
+            await _frames(session, ws, lim.idle_timeout_seconds)
+        except ConnectionResetError:
+            pass
+        finally:
+            rt.hub.remove(conn)
+        return ws
     finally:
-        rt.hub.remove(conn)
-    return ws
+        rt.sockets.closed(address)
+
+
+async def _frames(session: ChatSession, ws: web.WebSocketResponse, idle: float) -> None:
+    """Handle frames in order until the socket closes or says nothing for `idle` seconds."""
+    while not ws.closed:
+        try:
+            msg = await ws.receive(timeout=idle)
+        except TimeoutError:
+            session.rt.refusals["idle"] += 1
+            await ws.close(code=CLOSE_IDLE, message=b"idle")
+            return
+        if msg.type == WSMsgType.TEXT:
+            await session.handle(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await session.conn.send({"type": "error", "code": "binary", "message": "send JSON text frames"})
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return

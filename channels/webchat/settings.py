@@ -5,10 +5,33 @@ from __future__ import annotations
 import fnmatch
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from channels.base import AdapterSettings
 from umsg.config import CalendarSettings
+
+
+class ChatLimits(BaseModel):
+    """Abuse limits (`[channels.NAME.limits]`), per process; see channels/webchat/limits.py.
+    A rate `N` lets N through at once and N more per window (a minute or an hour)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Chat lines (also prechat, leave_message, rate: each one writes) per visitor / client address.
+    messages_per_minute: int = Field(default=20, ge=1, le=10_000)
+    messages_per_minute_per_address: int = Field(default=60, ge=1, le=100_000)
+    uploads_per_hour: int = Field(default=20, ge=1, le=10_000)
+    uploads_per_hour_per_address: int = Field(default=60, ge=1, le=100_000)
+    # Mails (confirmation links and transcripts) per visitor / client address / recipient address.
+    transcripts_per_hour: int = Field(default=3, ge=0, le=1000)
+    transcripts_per_hour_per_address: int = Field(default=5, ge=0, le=10_000)
+    transcripts_per_hour_per_recipient: int = Field(default=2, ge=0, le=1000)
+    # How long a transcript confirmation link stays valid.
+    confirm_link_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    # New sockets per client address and minute, and open at once.
+    connects_per_minute_per_address: int = Field(default=60, ge=1, le=100_000)
+    sockets_per_address: int = Field(default=20, ge=1, le=100_000)
+    # A socket that sends no frame for this long is closed (the widget reconnects when used).
+    idle_timeout_seconds: float = Field(default=900.0, gt=0, le=86_400)
 
 
 class WebchatSettings(AdapterSettings):
@@ -37,6 +60,7 @@ class WebchatSettings(AdapterSettings):
     title: str = Field(default="Chat with us", max_length=100)
     # How many earlier messages a (re)connecting visitor gets back.
     history_limit: int = Field(default=200, ge=0, le=2000)
+    limits: ChatLimits = Field(default_factory=ChatLimits)
 
     @field_validator("allowed_origins")
     @classmethod

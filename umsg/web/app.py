@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aiohttp import web
+from prometheus_client.registry import Collector
 
 from umsg.web.auth import auth_middleware
 from umsg.web.endpoints import ENDPOINTS, register
@@ -39,6 +40,7 @@ def create_app(core: Core, adapters: Mapping[str, object] | None = None) -> web.
     app[OPEN_SOCKETS] = weakref.WeakSet()
     register(app, TABLE)
     _mount_channel_routes(app, adapters or {})
+    _register_channel_metrics(app, adapters or {})
     mount_inbox(app)
     app.on_shutdown.append(close_sockets)
     return app
@@ -53,6 +55,20 @@ class ServesWeb(Protocol):
     sees adapters only through this, so that nothing but the service wiring imports `channels`."""
 
     def web_routes(self) -> Sequence[web.RouteDef]: ...
+
+
+@runtime_checkable
+class HasMetrics(Protocol):
+    """An adapter with Prometheus metrics of its own (the web chat's abuse refusals): a
+    collector the app's registry reads when scraped."""
+
+    def metrics_collector(self) -> Collector: ...
+
+
+def _register_channel_metrics(app: web.Application, adapters: Mapping[str, object]) -> None:
+    for adapter in adapters.values():
+        if isinstance(adapter, HasMetrics):
+            app[METRICS].registry.register(adapter.metrics_collector())
 
 
 def _mount_channel_routes(app: web.Application, adapters: Mapping[str, object]) -> None:
