@@ -29,7 +29,7 @@ import functools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from email.utils import formatdate
 from typing import Any
@@ -58,7 +58,7 @@ class Parser:
     def __init__(self, settings: EmailSettings, channel: str) -> None:
         self._settings = settings
         self._channel = channel
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Executor | None = None
 
     def _job(self, raw: bytes, envelope: MailEnvelope) -> functools.partial[Inbound]:
         return functools.partial(to_inbound, raw, channel=self._channel, project=self._settings.project,

@@ -12,6 +12,13 @@ pool, because in a thread they would hold the GIL and every database round
 trip of the event loop would queue behind them. Small ones (the usual e-mail
 body) run inline: pickling them to a worker and back costs more than the
 work, and a millisecond on the loop is cheaper than the IPC round trip.
+
+Each conversion is its own pool job under the pool's time and CPU limits
+(`umsg.workers`): a job killed at its limit, like any failed conversion, is
+recorded in the message's `conversion_errors` and the message is stored with
+what could be had (its text, the other conversions), never lost and never
+retried. HTML a channel already sanitised (`SanitizedHtml`, the email parse)
+is not cleaned again; other HTML is bounded and sanitised here, once.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-
-import nh3
+from typing import TypeVar
 
 from converters.base import Converted, Converter
-from converters.html_text import html_to_text
+from converters.html_text import MAX_CHARS, SanitizedHtml, html_to_text, sanitize_html
 from converters.registry import ConverterRegistry
 from storage.blobs import BlobStore
 from umsg.config import IngestSettings
@@ -95,19 +103,60 @@ class _Derived:
     outputs: list[tuple[int, str, Converted | None, str | None]]  # part, converter, output, error
 
 
-def _derive(jobs: list[_Job], html: str | None, want_text: bool) -> _Derived:
-    """Every conversion of one message plus HTML sanitising (in a worker process when large).
+T = TypeVar("T")
+_TAG = re.compile(r"<[^<>]*>")
 
-    The plain-text rendering of the HTML is made only when the channel gave no text.
+
+def _convert(job: _Job) -> Converted:
+    return job.converter.convert(job.data, job.filename)
+
+
+def _html(html: str, want_text: bool) -> tuple[str, str | None]:
+    """Sanitised HTML (unless a channel did it already) and, when wanted, its plain-text rendering."""
+    safe = html if isinstance(html, SanitizedHtml) else sanitize_html(html).html
+    return str(safe), html_to_text(html) if want_text else None
+
+
+def _stripped(html: str) -> str:
+    """The last resort when rendering the HTML was killed: its text with the tags cut out (linear)."""
+    return " ".join(_TAG.sub(" ", html[:MAX_CHARS]).split())
+
+
+async def _run(pool: Executor | None, inline: bool, fn: Callable[..., T], *args: object) -> T:
+    if inline:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _derive(jobs: list[_Job], html: str | None, want_text: bool, pool: Executor | None,
+                  inline: bool) -> tuple[_Derived, list[str]]:
+    """Every conversion of one message plus its HTML, each a job of its own (in the pool when large).
+
+    The plain-text rendering of the HTML is made only when the channel gave no text. Returns also a
+    line for each failure that is not a converter's (the HTML's).
     """
+    tasks = [_run(pool, inline, _convert, job) for job in jobs]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
     outputs: list[tuple[int, str, Converted | None, str | None]] = []
-    for job in jobs:
-        try:
-            outputs.append((job.part_index, job.converter.name, job.converter.convert(job.data, job.filename), None))
-        except Exception as exc:  # a converter failure must never lose the message
-            outputs.append((job.part_index, job.converter.name, None, f"{type(exc).__name__}: {exc}"))
-    return _Derived(nh3.clean(html) if html else None, html_to_text(html) if html and want_text else None,
-                    outputs)
+    for job, res in zip(jobs, results, strict=True):
+        if isinstance(res, BaseException) and not isinstance(res, Exception):
+            raise res  # cancellation and the like are not a converter's failure
+        # A converter failure (or a kill at its limit) must never lose the message.
+        outputs.append((job.part_index, job.converter.name, None, _error(res)) if isinstance(res, Exception)
+                       else (job.part_index, job.converter.name, res, None))
+    if not html:
+        return _Derived(None, None, outputs), []
+    try:
+        safe, text = await _run(pool, inline, _html, html, want_text)
+    except Exception as exc:  # noqa: BLE001 - the message is stored without its HTML view
+        log.warning("html sanitising failed: %s", _error(exc))
+        text = await asyncio.to_thread(_stripped, html) if want_text else None
+        return _Derived(None, text, outputs), [f"html: {_error(exc)}; stored as text only"]
+    return _Derived(safe, text, outputs), []
 
 
 def make_pool(workers: int) -> Executor:
@@ -170,14 +219,12 @@ async def prepare(inbound: Inbound, sender: str, blobs: BlobStore, jobs: list[_J
                   pool: Executor | None) -> Prepared:
     """Run the conversions `jobs` and hash (large messages: also write) every blob; no database access."""
     derived = _Derived(None, None, [])
+    html_errors: list[str] = []
     want_text = inbound.text is None
     if jobs or inbound.html:
-        if runs_inline(inbound, jobs):
-            derived = _derive(jobs, inbound.html, want_text)
-        else:
-            loop = asyncio.get_running_loop()
-            derived = await loop.run_in_executor(pool, _derive, jobs, inbound.html, want_text)
+        derived, html_errors = await _derive(jobs, inbound.html, want_text, pool, runs_inline(inbound, jobs))
     outputs, errors = _outputs(inbound, derived)
+    errors.extend(html_errors)
     data = [inbound.raw, *(p.data for p in inbound.parts), *(out.data for _, _, out in outputs)]
     inline: list[bytes] = []
     if sum(len(d) for d in data) <= INLINE_BLOB_BYTES:
