@@ -26,25 +26,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from umsg.errors import ConfigError
 from umsg.model import DeliveryResult, IdentityKind, Inbound, IngestResult, Outbound
+from umsg.secrets_mask import mask_secrets as mask_secrets  # the one masking function, re-exported
 
 if TYPE_CHECKING:
     from umsg.services import ChannelServices
 
 InboundSink = Callable[[Inbound], Awaitable[IngestResult]]
-
-# Setting names that hold credentials; their values never appear in describe() or logs.
-SECRET_WORDS = (
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "auth",
-    "api_key",
-    "apikey",
-    "private_key",
-    "credential",
-)
-MASK = "***"
 
 
 @dataclass(frozen=True)
@@ -90,31 +77,6 @@ class AdapterSettings(BaseModel):
 
 
 S = TypeVar("S", bound=BaseModel)
-
-
-def _is_secret_key(key: str) -> bool:
-    low = key.lower()
-    return any(word in low for word in SECRET_WORDS)
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    """A copy of `value` with secret-named entries and URL passwords replaced by `***`."""
-    if isinstance(value, Mapping):
-        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [mask_secrets(v, key) for v in value]
-    if value is None or value == "":
-        return value
-    if _is_secret_key(key):
-        return MASK
-    if isinstance(value, str) and "://" in value:
-        scheme, rest = value.split("://", 1)
-        netloc, sep, tail = rest.partition("/")
-        if "@" in netloc:
-            creds, host = netloc.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:{MASK}@{host}{sep}{tail}"
-    return value
 
 
 def validation_problems(

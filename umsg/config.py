@@ -16,9 +16,8 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from umsg.errors import ConfigError
 from umsg.router.settings import RouterSettings
@@ -26,6 +25,7 @@ from umsg.routes.build import table_problems
 from umsg.routes.settings import CalendarSettings as CalendarSettings
 from umsg.routes.settings import HoursSettings as HoursSettings
 from umsg.routes.settings import RouteSettings as RouteSettings
+from umsg.secrets_mask import mask_secrets
 
 ENV_PREFIX = "UMSG_"
 # Variables of the prefix that are not settings: the file to read, and crash tests' failpoints.
@@ -79,6 +79,30 @@ class QueueSettings(_Strict):
     sweep_seconds: float = Field(default=5.0, gt=0)
 
 
+class AccountSettings(_Strict):
+    """Agents' accounts: sign-in throttling, session lifetimes, and who may scrape /metrics."""
+
+    # Sign-in throttling: this many failed attempts within `failure_window_seconds` lock the
+    # login (or, with the address limit, the client address) for `lockout_seconds`; attempts
+    # while locked are refused with 429 and Retry-After, even with the right password.
+    max_failures_per_login: int = Field(default=5, ge=1, le=10_000)
+    # Higher than per login: agents of one office often share one address (NAT).
+    max_failures_per_address: int = Field(default=50, ge=1, le=1_000_000)
+    failure_window_seconds: float = Field(default=900.0, gt=0)
+    lockout_seconds: float = Field(default=900.0, gt=0)
+    # Inbox sessions: a session token expires after `session_idle_seconds` unless the page
+    # refreshes it (POST /api/v1/session/refresh rotates it), and a chain of refreshes ends
+    # `session_absolute_seconds` after the password was given.
+    session_idle_seconds: float = Field(default=1800.0, gt=0)
+    session_absolute_seconds: float = Field(default=12 * 3600.0, gt=0)
+    # /metrics: by default it needs `Authorization: Bearer <metrics_token>` or an admin API
+    # token; `metrics_public = true` serves it to anyone (only behind a trusted network).
+    metrics_token: SecretStr | None = None
+    metrics_public: bool = False
+    # Password hashes computed at once (each scrypt hash holds 128 MiB while it runs).
+    hash_concurrency: int = Field(default=2, ge=1, le=64)
+
+
 # A channel instance's name is the channel stored on its messages (32 characters) and the
 # path of its web routes (`/channels/NAME/`); route filters compare it in lower case.
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -106,6 +130,7 @@ class Settings(_Strict):
     ingest: IngestSettings = IngestSettings()
     queue: QueueSettings = QueueSettings()
     router: RouterSettings = RouterSettings()
+    accounts: AccountSettings = AccountSettings()
     # Derived parts made on ingest: readable text from HTML, a PDF and a thumbnail for fax
     # TIFFs, an MP3 for recordings. `fax-render` is for outgoing faxes only, never listed here.
     converters: list[str] = Field(
@@ -142,25 +167,10 @@ class Settings(_Strict):
         return self.data_dir / "blobs"
 
     def masked(self) -> dict[str, Any]:
-        """The settings as a dict with passwords in URLs and secret-looking keys masked."""
-        masked: dict[str, Any] = _mask(self.model_dump(mode="json", by_alias=True))
+        """The settings as a dict with secrets masked (umsg.secrets_mask: secret-looking keys and
+        everything under them, URL passwords and secret query parameters)."""
+        masked: dict[str, Any] = mask_secrets(self.model_dump(mode="json", by_alias=True))
         return masked
-
-
-def _mask(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: _mask(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask(v, key) for v in value]
-    if isinstance(value, str):
-        if any(s in key.lower() for s in ("password", "secret", "token", "auth")) and value:
-            return "***"
-        if "://" in value:
-            parts = urlsplit(value)
-            if parts.password:
-                host = parts.netloc.rsplit("@", 1)[1]
-                return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-    return value
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -219,7 +219,8 @@ def test_the_check_finds_each_way_to_import_a_test_module() -> None:
 ALLOWED_OF_THE_CORE = {
     "converters": {"umsg.errors"},
     "channel-api": {"umsg.errors", "umsg.model", "umsg.identity", "umsg.config", "umsg.services",
-                    "umsg.channel_jobs", "umsg.instances", "umsg.chat_support", "umsg.channel_state", "umsg.workers"},
+                    "umsg.channel_jobs", "umsg.instances", "umsg.chat_support", "umsg.channel_state", "umsg.workers",
+                    "umsg.secrets_mask"},
 }
 
 
