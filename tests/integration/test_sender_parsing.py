@@ -4,20 +4,28 @@ Issue 16's findings, as a hostile (and an ordinary Outlook) sender would do it: 
 delivers over a loopback socket to the email channel's SMTP listener, the ingest stores the
 messages, and the agent API's timeline shows them. The forged display name must not pull the
 mail into the impersonated customer's contact, and the agent sees the warning; Outlook's
-encoded "Müller, Hans" must be accepted (250), not bounced (554 before the fix).
+encoded "Müller, Hans" must be accepted (250), not bounced (554 before the fix). The IMAP
+poller (a real Dovecot) and the importer (a Maildir) go through the same parse and must
+file and flag the same messages the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import mailbox
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 import pytest
 from api_harness import Api
-from sqlalchemy import select
+from peers.dovecot import Dovecot, available
+from sqlalchemy import func, select
 
 from channels.email import EmailChannel, EmailSettings
+from channels.email.importer import import_paths
 from storage.models import Contact, Identity, Message
 
 DOMAIN = "acme.test"
@@ -106,3 +114,55 @@ async def test_outlook_base64_form_and_no_envelope_sender(api: Api, port: int) -
     assert answer.startswith("2.0.0")
     msg = await stored(api, "outlook-2")
     assert msg.from_addr == "hans.mueller@example.de"
+
+
+def _raw(from_line: str, msgid: str) -> bytes:
+    return (f"{from_line}\r\nTo: {RCPT}\r\nSubject: {msgid}\r\nMessage-ID: <{msgid}@example.org>\r\n"
+            "\r\nPlease pay to the new account.\r\n").encode()
+
+
+async def _check_both(api: Api, prefix: str) -> None:
+    forged = await stored(api, f"{prefix}-forged")
+    assert forged.from_addr == "attacker@evil.example"
+    assert forged.flags["sender_warning"]["claimed"] == ["sales@acme.example"]
+    outlook = await stored(api, f"{prefix}-outlook")
+    assert outlook.from_addr == "hans.mueller@example.de" and "sender_warning" not in outlook.flags
+    async with api.core.readers() as s:
+        contact: Any = await s.get(Contact, outlook.contact_id)
+    assert contact.display_name == "Müller, Hans"
+
+
+async def test_the_importer_files_and_flags_the_same_way(api: Api, tmp_path: Path) -> None:
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    box.add(_raw(FORGED, "import-forged"))
+    box.add(_raw(OUTLOOK, "import-outlook"))
+    box.close()
+    summary = await import_paths([tmp_path / "Maildir"], api.core.ingest.ingest, channel="email")
+    assert (summary.ingested, summary.rejected) == (2, [])
+    await _check_both(api, "import")
+
+
+@pytest.mark.skipif(not available() and not os.environ.get("CI"),
+                    reason="needs dovecot (apt-get install dovecot-imapd)")
+async def test_the_imap_poller_files_and_flags_the_same_way(api: Api) -> None:
+    server = Dovecot()
+    await asyncio.to_thread(server.start)
+    try:
+        server.deliver(_raw(FORGED, "imap-forged"))
+        server.deliver(_raw(OUTLOOK, "imap-outlook"))
+        channel = EmailChannel("mailbox", EmailSettings(domain=DOMAIN, imap=server.url(), imap_timeout_seconds=10))
+        channel.bind(api.core.channel_services())
+        await channel.start(api.core.ingest.ingest)
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                async with api.core.readers() as s:
+                    if await s.scalar(select(func.count()).select_from(Message)) == 2:
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "the poller stored nothing"
+                await asyncio.sleep(0.05)  # polling the store for a condition
+        finally:
+            await channel.aclose()
+    finally:
+        await asyncio.to_thread(server.cleanup)
+    await _check_both(api, "imap")

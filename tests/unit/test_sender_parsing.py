@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from channels.email.headers import Mailbox, mailboxes, shown_addresses
+from channels.email.headers import FULL_PARSE_BUDGET, FULL_PARSE_MAX, Mailbox, mailboxes, shown_addresses
 from channels.email.parse import Envelope, to_inbound
 from umsg.errors import PermanentError
 
@@ -257,3 +257,41 @@ def test_any_name_keeps_the_address_and_decodes_exactly(name: str) -> None:
 def test_arbitrary_values_never_raise(value: str) -> None:
     found: Any = mailboxes(value)
     assert all("@" in mb.address for mb in found)
+
+
+@pytest.mark.parametrize("pad", [0, FULL_PARSE_MAX, 20 * FULL_PARSE_MAX])
+def test_long_values_are_split_before_decoding_too(pad: int) -> None:
+    # Past FULL_PARSE_MAX the linear split is used; it must be as safe as the full parser.
+    filler = "x " * (pad // 2)
+    forged = mailboxes(f"=?utf-8?q?Sales_=3Csales=40acme=2Eexample=3E?= {filler}<attacker@evil.example>")
+    assert [(mb.address, mb.claimed) for mb in forged] == [("attacker@evil.example", ("sales@acme.example",))]
+    unquoted = mailboxes(f"sales@acme.example {filler}<attacker@evil.example>")
+    assert [mb.address for mb in unquoted] == ["attacker@evil.example"]
+    outlook = mailboxes(f"=?iso-8859-1?Q?M=FCller=2C_Hans?= {filler}<{REAL}>")
+    assert [mb.address for mb in outlook] == [REAL] and outlook[0].name.startswith("Müller, Hans")
+
+
+def test_a_long_recipient_list_keeps_every_address() -> None:
+    value = ", ".join(f"=?utf-8?q?Lee=2C_Ann_{i}?= <ann{i}@acme.test>" for i in range(300))
+    assert len(value) > FULL_PARSE_MAX
+    found = mailboxes(value)
+    assert [mb.address for mb in found] == [f"ann{i}@acme.test" for i in range(300)]
+    assert found[7].name == "Lee, Ann 7"
+
+
+@pytest.mark.parametrize("depth", [10, 600, 5000])
+def test_nested_comments_never_raise(depth: int) -> None:
+    value = "a@b.example " + "(" * depth + ")" * depth
+    found = mailboxes(value)
+    assert found in ([], [Mailbox("", "a@b.example")])
+    raw = _mail(f"From: {value}")
+    assert to_inbound(raw, channel="email", envelope=Envelope(mail_from="e@f.example")).sender.value in (
+        "a@b.example", "e@f.example")
+
+
+def test_many_long_headers_share_one_full_parse_budget() -> None:
+    # Thirty To headers of hostile words: all read (linear split past the budget), none lost.
+    tos = "".join(f"To: {'w ' * 400}<r{i}@acme.test>\r\n" for i in range(30))
+    inbound = to_inbound(_mail("From: c@example.com", extra=tos), channel="email")
+    assert inbound.recipients == tuple(["support@acme.test"] + [f"r{i}@acme.test" for i in range(30)])
+    assert FULL_PARSE_BUDGET < 30 * 800
