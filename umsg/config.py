@@ -57,6 +57,17 @@ class HttpSettings(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     public_url: str | None = None
+    # Open connections in all (None: a quarter of the process's open-file limit, at most 4096).
+    # At the cap the oldest connection with no request in progress is closed to admit a new one.
+    max_connections: int | None = Field(default=None, ge=1)
+    # Open connections from one client address; behind a reverse proxy every client is the
+    # proxy, so raise it there (or let the proxy do the per-client limiting).
+    max_connections_per_peer: int = Field(default=256, ge=1)
+    # A connection with no request in progress (never sent one, sent only part of its head, or
+    # idle between keep-alive requests) is closed after this long.
+    idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Live event feeds (the inbox websocket) one signed-in user may hold at once.
+    max_feeds_per_user: int = Field(default=16, ge=1)
 
 
 class IngestSettings(_Strict):

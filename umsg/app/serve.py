@@ -30,6 +30,7 @@ from aiohttp import web
 
 from channels.base import ChannelAdapter
 from channels.registry import ChannelRegistry
+from umsg.app import accept_errors
 from umsg.app.failpoints import after_commit_from
 from umsg.channel_rename import adopt_legacy_names, legacy_renames, unconfigured_deliveries
 from umsg.config import Settings
@@ -37,6 +38,7 @@ from umsg.core import Core
 from umsg.outbound.outbox import Dispatcher
 from umsg.secrets_mask import mask_secrets
 from umsg.web import create_app
+from umsg.web.connections import ConnectionLimits, GuardedSite, default_total
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ SHUTDOWN_STEP_SECONDS = 10.0
 # Restart back-off for a crashed background loop: doubling, capped.
 RESTART_MIN_SECONDS = 0.5
 RESTART_MAX_SECONDS = 30.0
+
 
 class KeyValueFormatter(logging.Formatter):
     """One record per line as `ts=... level=... logger=... msg="..." key=value ...`.
@@ -253,9 +256,11 @@ async def run_service(
         own_stop = stop is None
         stop = stop if stop is not None else asyncio.Event()
         installed = _install_signal_handlers(stop) if own_stop else []
+        restore_handler = accept_errors.install()
         try:
             await _run(settings, stop, ready)
         finally:
+            restore_handler()
             loop = asyncio.get_running_loop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -295,10 +300,13 @@ async def _serve(
         asyncio.create_task(supervise("dispatcher", lambda: dispatcher.run(stop), stop)),
         asyncio.create_task(supervise("router", lambda: core.router.run(stop), stop)),
     ]
-    runner = web.AppRunner(create_app(core, adapters), shutdown_timeout=SHUTDOWN_STEP_SECONDS)
+    # keepalive_timeout also closes a connection that never completes a request head (aiohttp >= 3.10).
+    runner = web.AppRunner(create_app(core, adapters), shutdown_timeout=SHUTDOWN_STEP_SECONDS,
+                           keepalive_timeout=settings.http.idle_timeout_seconds)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.http.host, settings.http.port)
+        limits = ConnectionLimits(default_total(settings.http.max_connections), settings.http.max_connections_per_peer)
+        site = GuardedSite(runner, settings.http.host, settings.http.port, limits)
         await site.start()
         url = _bound_url(runner, settings.http.host)
         log.info(f"umsg listening on {url}", extra={"kv": {"instance": core.instance_id}})
