@@ -173,7 +173,9 @@ def mailboxes(raw: str, *, full: bool = True) -> list[Mailbox]:
         rescued = _rescue(value)
         return [rescued] if rescued is not None else []
     assert isinstance(header, AddressHeader)
-    found = [a for a in header.addresses if a.username and a.domain]
+    # The parser decodes encoded words wherever it finds them, even inside a broken addr-spec
+    # ("=?..?=@=?..?=" becomes a decoded address): an address not written literally is not one.
+    found = [a for a in header.addresses if a.username and a.domain and a.addr_spec in value]
     defects: tuple[errors.MessageDefect, ...] = getattr(header, "defects", ())  # BaseHeader's, untyped here
     defective = any(isinstance(d, (errors.InvalidHeaderDefect, errors.HeaderMissingRequiredValue)) for d in defects)
     if defective or len(found) != len(header.addresses):
@@ -186,7 +188,7 @@ def mailboxes(raw: str, *, full: bool = True) -> list[Mailbox]:
     paired = len(raw_names) == len(header.addresses)
     out: list[Mailbox] = []
     for i, a in enumerate(header.addresses):
-        if not (a.username and a.domain):
+        if not (a.username and a.domain and a.addr_spec in value):
             continue
         name = _from_surrogates(a.display_name)
         if paired and ("=?" in raw_names[i] or not name):  # not name: a comment ("a@b (Name)") names it

@@ -295,3 +295,31 @@ def test_many_long_headers_share_one_full_parse_budget() -> None:
     inbound = to_inbound(_mail("From: c@example.com", extra=tos), channel="email")
     assert inbound.recipients == tuple(["support@acme.test"] + [f"r{i}@acme.test" for i in range(30)])
     assert FULL_PARSE_BUDGET < 30 * 800
+
+
+# Pieces a hostile sender combines: encoded words hiding specials and addresses, specials, quotes.
+_TOKENS = [
+    "=?utf-8?q?Sales_=3Csales=40acme=2Eexample=3E?=", "=?utf-8?b?PHZpcEBiYW5rLmV4YW1wbGU+?=",
+    "=?iso-8859-1?Q?M=FCller=2C_Hans?=", "=?utf-8?q?a=2C_b=40c=2Eexample?=", "=?gb2312?b?1tDOxA==?=",
+    "<", ">", ",", ";", ":", "@", '"', "(", ")", "\\", ".", " ", "\r\n ", "x@y.example", "<z@w.example>",
+    "name", "Jörg", "sales＠acme.example", "=?", "?=",
+]
+
+
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text if not ch.isspace() and ch not in '"\\').lower()
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=12))
+def test_no_address_is_ever_made_from_decoded_text(parts: list[str]) -> None:
+    # Whatever the combination: the stored sender is written literally in the raw header (or is the
+    # envelope sender), never produced by decoding; and a shown address other than it is flagged.
+    value = "".join(parts)
+    inbound = to_inbound(_mail(f"From: {value}"), channel="email", envelope=Envelope(mail_from="env@example.org"))
+    sender = inbound.sender.value
+    assert sender == "env@example.org" or _squash(sender) in _squash(value), (value, sender)
+    warning = inbound.meta.get("sender_warning")
+    if warning is not None:
+        assert warning["address"] == sender and warning["claimed"]
+        assert sender.lower() not in warning["claimed"]
