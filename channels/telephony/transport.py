@@ -4,6 +4,12 @@ UDP: one datagram is one message. TCP: messages are framed by the blank line aft
 and Content-Length; a connection that sends an oversized or unframeable head is closed. Neither
 listener ever dies because of what a peer sends: the handler's exceptions are logged and the
 next message is read.
+
+Accepted TCP connections are bounded (`TcpLimits`): in all and per client address (over
+either, the connection is closed at once), a fresh connection must deliver its first message
+within `first_message_seconds`, a message once begun must be complete within
+`message_seconds`, and a connection silent for `idle_seconds` (longer than any call, since
+in-dialog requests and responses travel on it) is closed.
 """
 
 from __future__ import annotations
@@ -40,6 +46,17 @@ class Source:
 Handler = Callable[[bytes, Source], None]
 
 
+@dataclass(frozen=True)
+class TcpLimits:
+    """Bounds on accepted SIP-over-TCP connections (connections we open are not counted)."""
+
+    max_connections: int = 256
+    max_per_peer: int = 32
+    first_message_seconds: float = 30.0
+    message_seconds: float = 30.0
+    idle_seconds: float = 3600.0
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -70,11 +87,15 @@ _ANY_PORT_ATTEMPTS = 20
 class SipListeners:
     """The UDP socket and TCP server of one SIP front door."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, limits: TcpLimits | None = None) -> None:
         self.handler = handler
+        self.limits = limits or TcpLimits()
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._accepted = 0
+        self._peers: dict[str, int] = {}
+        self.refused = 0
 
     async def start(self, host: str, port: int, *, tcp: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -130,10 +151,30 @@ class SipListeners:
         return await opened
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._stream(reader, writer, None)
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        limits = self.limits
+        if self._accepted >= limits.max_connections or self._peers.get(host, 0) >= limits.max_per_peer:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:  # a flood must not flood the log
+                log.warning("SIP TCP connection refused: over the connection limit",
+                            extra={"kv": {"peer": host, "refused": self.refused}})
+            writer.close()
+            return
+        self._accepted += 1
+        self._peers[host] = self._peers.get(host, 0) + 1
+        try:
+            await self._stream(reader, writer, None, limits)
+        finally:
+            self._accepted -= 1
+            left = self._peers.get(host, 1) - 1
+            if left > 0:
+                self._peers[host] = left
+            else:
+                self._peers.pop(host, None)
 
     async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      opened: asyncio.Future[Source] | None) -> None:
+                      opened: asyncio.Future[Source] | None, limits: TcpLimits | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
@@ -148,9 +189,14 @@ class SipListeners:
                         writer.close if opened is not None else None)
         if opened is not None:
             opened.set_result(source)
+        waits = (limits.first_message_seconds, limits.message_seconds) if limits else None
         try:
             while True:
-                message = await _read_framed(reader)
+                if waits is None:
+                    message = await _read_framed(reader)
+                else:
+                    message = await _read_bounded(reader, *waits)
+                    waits = (limits.idle_seconds, limits.message_seconds) if limits else None
                 if message is None:
                     break
                 try:
@@ -159,6 +205,8 @@ class SipListeners:
                     log.exception("SIP handler failed on a TCP message from %s", peer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             log.info("closing SIP TCP connection from %s after a framing error", peer)
+        except TimeoutError:
+            log.info("closing SIP TCP connection from %s: silent or too slow", peer)
         finally:
             self._conns.discard(task)
             writer.close()
@@ -176,6 +224,18 @@ class SipListeners:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._tcp.wait_closed(), 5)
             self._tcp = None
+
+
+async def _read_bounded(reader: asyncio.StreamReader, wait_seconds: float, message_seconds: float) -> bytes | None:
+    """`_read_framed` where the first byte must come within `wait_seconds` and the whole
+    message within `message_seconds` of it (TimeoutError otherwise)."""
+    try:
+        first = await asyncio.wait_for(reader.readexactly(1), wait_seconds)
+    except asyncio.IncompleteReadError:
+        return None
+    # Give the byte back so the framing reads one stream (StreamReader has no peek).
+    reader._buffer[0:0] = first  # type: ignore[attr-defined]  # noqa: SLF001
+    return await asyncio.wait_for(_read_framed(reader), message_seconds)
 
 
 async def _read_framed(reader: asyncio.StreamReader) -> bytes | None:

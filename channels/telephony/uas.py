@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from channels.telephony import sdp, sipmsg
-from channels.telephony.call import Call, CallApp
+from channels.telephony.call import Call, CallApp, CallError
 from channels.telephony.dialog import Dialog
 from channels.telephony.sipmsg import SipMessage, SipParseError, response_to
 from channels.telephony.transactions import ClientTransactions, ResponseCache, Timers
-from channels.telephony.transport import SipListeners, Source
+from channels.telephony.transport import SipListeners, Source, TcpLimits
 from umsg.errors import PermanentError
 from umsg.identity import normalise_phone
 
@@ -40,6 +40,8 @@ class ServerConfig:
     # Address put in Contact and SDP; defaults to the listening host.
     public_address: str | None = None
     default_region: str | None = None
+    # Caps and time-outs of accepted SIP-over-TCP connections.
+    tcp_limits: TcpLimits = TcpLimits()
 
 
 @dataclass
@@ -63,7 +65,7 @@ class SipServer:
         self.transactions = ClientTransactions(self.timers)
         self._cache = ResponseCache(self.timers)
         self._calls: dict[str, _Entry] = {}  # by Call-ID
-        self._listeners = SipListeners(self._handle)
+        self._listeners = SipListeners(self._handle, config.tcp_limits)
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"malformed": 0, "calls": 0, "rejected": 0}
         # Responses no transaction waits for (a retransmitted final to an INVITE we sent, which
@@ -228,6 +230,11 @@ class SipServer:
         call = entry.call
         try:
             await app.run(call)
+        except CallError as exc:
+            # The caller's side of the protocol failed (no ACK for our 200, an offer we cannot
+            # answer): routine on a phone network, one line, no traceback.
+            log.warning("call %s ended: %s", call.call_id, exc,
+                        extra={"kv": {"call_id": call.call_id, "reason": str(exc)}})
         except Exception:  # noqa: BLE001 - an app failure ends its call, never the server
             log.exception("call app failed on call %s", call.call_id)
         finally:
