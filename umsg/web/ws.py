@@ -10,6 +10,10 @@ feed of the process is a subscription to the one reader of `EventLog.subscribe`,
 which is woken at once by changes made in this process and polls for those
 committed by other processes. Messages from the client: `{"type": "ping"}` is answered with
 `{"type": "pong", "last_event_id": ...}`.
+
+Bounded: one signed-in user (an agent, else the token) holds at most `http.max_feeds_per_user`
+feeds at once (more answer 429 before the upgrade), a client frame may be at most
+`MAX_FRAME_BYTES`, and a client that stops answering the 30 s heartbeat is dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from umsg.web.schemas import EventsQuery
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+# The client only ever sends pings; anything near this size is abuse, not a ping.
+MAX_FRAME_BYTES = 4096
+# Each feed's websocket remembers whose it is, so the per-user cap needs no state of its own.
+_OWNER = "umsg_feed_owner"
 
 OPEN_SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("umsg_open_sockets")
 
@@ -122,7 +130,7 @@ async def _answer(feed: _Feed, raw: str) -> None:
 
 async def events_feed(ctx: Ctx) -> web.StreamResponse:
     q = ctx.query_as(EventsQuery)
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
     if not ws.can_prepare(ctx.request).ok:
         raise HttpProblem(
             426,
@@ -130,6 +138,14 @@ async def events_feed(ctx: Ctx) -> web.StreamResponse:
             "this endpoint is a websocket; connect with Upgrade: websocket",
             headers={"Upgrade": "websocket"},
         )
+    owner = f"agent:{ctx.me.agent_id}" if ctx.me.agent_id is not None else f"token:{ctx.me.token_id}"
+    limit = ctx.core.settings.http.max_feeds_per_user
+    held = sum(1 for s in ctx.request.app[OPEN_SOCKETS] if not s.closed and s.get(_OWNER) == owner)
+    if held >= limit:
+        raise HttpProblem(429, "too_many_feeds",
+                          f"at most {limit} live event feeds per user; close one (every open tab holds one)",
+                          headers={"Retry-After": "5"})
+    ws[_OWNER] = owner
     cursor = q.after if q.after is not None else await ctx.core.events.latest_id()
     await ws.prepare(ctx.request)
     ctx.request.app[OPEN_SOCKETS].add(ws)
