@@ -49,6 +49,10 @@ _RAW_END = {"script": re.compile(r"</script", re.I), "style": re.compile(r"</sty
 # the next tag: no rescans, no quadratic worst case.
 _TOKEN = re.compile(r"<(?:(!--)|([!?]|/(?![A-Za-z]))"
                     r"|(/?)([A-Za-z][^\t\n\f\r />\x00<]*)((?:[^>\"'<]|\"[^\"]*\"|'[^']*')*)>)?")
+# A run of plain start tags (no attributes, whitespace between): below the depth bound a whole run is
+# flattened at once, because one tag at a time is most of the cost of a hostile nest.
+_START_RUN = re.compile(r"(?:<[A-Za-z][A-Za-z0-9]*>[\t\n\f\r ]*){2,}")
+_START_NAME = re.compile(r"<([A-Za-z][A-Za-z0-9]*)>")
 _ATTR = re.compile(r"""([^\t\n\f\r />"'=]+)(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"([^"]*)"|'([^']*)'|([^\t\n\f\r >]+)))?""")
 _ATTR_NAME = re.compile(r"[A-Za-z_:][-A-Za-z0-9_:.]*\Z")
 # How far down the open elements an end tag looks for its start tag (the rest of it is dropped):
@@ -117,6 +121,17 @@ def bound_html(markup: str, max_depth: int = MAX_DEPTH, max_chars: int = MAX_CHA
         if name is None:
             out.append("&lt;")  # not a tag: text, and it must not become one downstream
             continue
+        if depth >= max_depth and not slash and not attrs:
+            run = _START_RUN.match(src, m.start())
+            if run is not None:
+                names = [n.lower() for n in _START_NAME.findall(src, m.start(), run.end())]
+                if not any(n in _VOID or n in _RAW_END for n in names):
+                    stack.extend((n, False) for n in names)
+                    flattened += len(names)
+                    if run.end() - m.start() > sum(len(n) + 2 for n in names):
+                        out.append(" ")  # the whitespace between them, once
+                    pos = run.end()
+                    continue
         name = name.lower()
         if slash:
             for i in range(len(stack) - 1, max(0, len(stack) - _END_WINDOW) - 1, -1):

@@ -38,6 +38,8 @@ from umsg.errors import PermanentError
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# A spawned interpreter imports the job's modules first: seconds on a busy machine, never minutes.
+_START_SECONDS = 120.0
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -83,6 +85,7 @@ def _serve(conn: Connection, parent_pid: int) -> None:
     _, core_hard = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, core_hard))  # a CPU-limit kill writes no core file
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+    conn.send("ready")  # a job's wall clock starts after the interpreter's start-up, not with it
     while True:
         try:
             fn, args, kwargs, cpu_seconds = conn.recv()
@@ -117,6 +120,14 @@ class _Worker:
                                              name="umsg-worker")
         self.proc.start()
         child.close()
+        if not self.conn.poll(_START_SECONDS):
+            self.kill()
+            raise WorkerDied(f"worker process did not start within {_START_SECONDS:g} s")
+        try:
+            self.conn.recv()
+        except (EOFError, OSError):
+            self.kill()
+            raise WorkerDied(f"worker process ended while starting (exit code {self.proc.exitcode})") from None
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limits: JobLimits) -> Any:
         self.conn.send((fn, args, kwargs, limits.cpu_seconds))
@@ -161,7 +172,7 @@ class _Worker:
 class BoundedPool(Executor):
     """Up to `workers` spawned processes; each job under `limits` unless given its own (`submit_with`)."""
 
-    def __init__(self, workers: int, limits: JobLimits = JobLimits()) -> None:
+    def __init__(self, workers: int, limits: JobLimits = JobLimits(), warm: int = 0) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self.limits = limits
         self._idle: list[_Worker] = []
@@ -170,6 +181,18 @@ class BoundedPool(Executor):
         # One thread per running job waits on its worker's pipe; jobs beyond `workers` queue here.
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="umsg-worker")
         self.stats = {"jobs": 0, "killed": 0, "died": 0}
+        for _ in range(min(warm, workers)):
+            # Started now, in the background: the first job does not wait for an interpreter to boot
+            # (seconds on a busy machine), and a job submitted meanwhile queues for this slot.
+            self._threads.submit(self._warm)
+
+    def _warm(self) -> None:
+        worker = _Worker(self._ctx)
+        with self._lock:
+            if not self._closed:
+                self._idle.append(worker)
+                return
+        worker.stop()
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         return self.submit_with(self.limits, fn, *args, **kwargs)
@@ -212,6 +235,9 @@ class BoundedPool(Executor):
             worker.stop()
 
 
-def process_pool(workers: int | None = None, limits: JobLimits = JobLimits()) -> BoundedPool:
-    """A pool of `workers` spawned processes (default: one per CPU) that die with this process."""
-    return BoundedPool(workers or os.cpu_count() or 1, limits)
+def process_pool(workers: int | None = None, limits: JobLimits = JobLimits(), warm: int = 0) -> BoundedPool:
+    """A pool of `workers` spawned processes (default: one per CPU) that die with this process.
+
+    `warm` of them are started at once; the others when work first needs them.
+    """
+    return BoundedPool(workers or os.cpu_count() or 1, limits, warm)

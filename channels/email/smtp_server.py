@@ -58,7 +58,8 @@ class Parser:
     def __init__(self, settings: EmailSettings, channel: str) -> None:
         self._settings = settings
         self._channel = channel
-        self._pool: Executor | None = None
+        # Made now with one process started, so the first big message does not wait for it to boot.
+        self._pool: Executor | None = process_pool(settings.parse_workers, warm=1) if settings.parse_workers else None
 
     def _job(self, raw: bytes, envelope: MailEnvelope) -> functools.partial[Inbound]:
         return functools.partial(to_inbound, raw, channel=self._channel, project=self._settings.project,

@@ -40,7 +40,7 @@ from umsg.config import IngestSettings
 from umsg.errors import PermanentError
 from umsg.identity import normalise
 from umsg.model import Inbound
-from umsg.workers import process_pool
+from umsg.workers import JobLimits, process_pool
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ INLINE_BYTES = 16 * 1024
 # here, so one big attachment neither bloats the database nor holds up the
 # commit of the small messages batched with it.
 INLINE_BLOB_BYTES = 128 * 1024
+
+# Converters whose work is linear in their input within its bounds (html-to-text reads at most
+# 1 MiB, flattened): only they may run inline. Any other converter on a small input still runs
+# in the pool, under its limits: 16 KiB of TIFF or PDF can describe pages of any size.
+INLINE_CONVERTERS = frozenset({"html-to-text"})
+
+# What one conversion (or one message's HTML) may spend in a worker before it is killed and
+# recorded; well above a real fax of many pages (~1 s) or a long voicemail's MP3.
+CONVERT_LIMITS = JobLimits(wall_seconds=60.0, cpu_seconds=30.0)
 
 
 @dataclass(frozen=True)
@@ -159,9 +168,9 @@ async def _derive(jobs: list[_Job], html: str | None, want_text: bool, pool: Exe
     return _Derived(safe, text, outputs), []
 
 
-def make_pool(workers: int) -> Executor:
+def make_pool(workers: int, limits: JobLimits | None = None) -> Executor:
     # spawn, not fork: the parent runs threads (aiosqlite, blob writers) that fork would copy mid-lock.
-    return process_pool(workers or None)
+    return process_pool(workers or None, limits or CONVERT_LIMITS)
 
 
 def conversion_jobs(inbound: Inbound, converters: ConverterRegistry) -> list[_Job]:
@@ -171,6 +180,8 @@ def conversion_jobs(inbound: Inbound, converters: ConverterRegistry) -> list[_Jo
 
 def runs_inline(inbound: Inbound, jobs: list[_Job]) -> bool:
     """Whether the conversion work of this message is small enough to skip the process pool."""
+    if any(j.converter.name not in INLINE_CONVERTERS for j in jobs):
+        return False
     return sum(len(j.data) for j in jobs) + len(inbound.html or "") <= INLINE_BYTES
 
 
