@@ -17,6 +17,8 @@ from importlib.metadata import EntryPoint, entry_points
 from types import MappingProxyType
 from typing import Any
 
+from pydantic import BaseModel
+
 from channels.base import ChannelAdapter
 from umsg.config import ChannelSettings
 from umsg.errors import ConfigError
@@ -135,12 +137,29 @@ class ChannelRegistry:
         except ConfigError as exc:
             raise _qualified(f"channels.{instance_name}.type", exc) from exc
 
-    def instances(self, channels: Mapping[str, ChannelSettings]) -> ChannelInstances:
-        """The configured instances as the core sees them: name, type and the identity kind its
-        adapter answers on (disabled ones too: their messages are still stored)."""
-        return ChannelInstances(
-            Instance(name, cs.type, self.class_of(name, cs).identity_kind, cs.enabled)
-            for name, cs in channels.items())
+    def instances(self, channels: Mapping[str, ChannelSettings],
+                  default_project: str | None = None) -> ChannelInstances:
+        """The configured instances as the core sees them: name, type, the identity kind its
+        adapter answers on (disabled ones too: their messages are still stored), the projects it
+        carries messages of and the addresses it sends as (for the outbound authority).
+
+        `default_project` is the gateway's `project`: where an adapter whose `project` is unset
+        (fax, voicemail) puts what it receives. Not given, such an instance is not restricted
+        (`projects` None): it was never told whom it works for.
+        """
+        out = []
+        for name, cs in channels.items():
+            cls = self.class_of(name, cs)
+            try:
+                validated = self._validated(name, cs)[1]
+            except ConfigError:
+                # Such an instance cannot be built, so sends nothing; `config check` reports it.
+                out.append(Instance(name, cs.type, cls.identity_kind, cs.enabled, projects=frozenset()))
+                continue
+            out.append(Instance(name, cs.type, cls.identity_kind, cs.enabled,
+                                projects=served_projects(validated, default_project),
+                                senders=own_senders(validated)))
+        return ChannelInstances(out)
 
     def legacy_claims(self, channels: Mapping[str, ChannelSettings]) -> list[tuple[str, str | None]]:
         """(instance, the name its type stamped before channels were named by instance)."""
@@ -153,6 +172,12 @@ class ChannelRegistry:
         A `url` key is parsed with the adapter's `url_fields`; keys given
         beside it override what the URL says.
         """
+        cls, validated = self._validated(instance_name, settings)
+        adapter = cls(instance_name, validated)
+        log.debug("channel built: %s", adapter.describe())
+        return adapter
+
+    def _validated(self, instance_name: str, settings: ChannelSettings) -> tuple[AdapterClass, BaseModel]:
         prefix = f"channels.{instance_name}"
         cls = self.class_of(instance_name, settings)
         data: dict[str, Any] = dict(settings.model_extra or {})
@@ -164,7 +189,34 @@ class ChannelRegistry:
                 data = {**cls.url_fields(url), **data}
             except ConfigError as exc:
                 raise _qualified(prefix, exc) from exc
-        validated = cls.validate_settings(data, prefix)
-        adapter = cls(instance_name, validated)
-        log.debug("channel built: %s", adapter.describe())
-        return adapter
+        return cls, cls.validate_settings(data, prefix)
+
+
+def served_projects(settings: BaseModel, default_project: str | None) -> frozenset[str] | None:
+    """The project slugs an adapter's settings put messages in: its `project`, or, where it has
+    per-number boxes (fax `numbers`, voicemail `mailboxes`), each box's `project` falling back
+    to the instance's, then to the gateway's default project (None when that is not known:
+    not restricted)."""
+    own = getattr(settings, "project", None)
+    own = own if isinstance(own, str) and own else default_project
+    boxes = [box for value in vars(settings).values() if isinstance(value, dict)
+             for box in value.values() if isinstance(box, BaseModel) and "project" in type(box).model_fields]
+    slugs = [getattr(box, "project", None) or own for box in boxes] if boxes else [own]
+    if any(slug is None for slug in slugs):
+        return None
+    return frozenset(str(slug) for slug in slugs)
+
+
+def own_senders(settings: BaseModel) -> tuple[str, ...]:
+    """The addresses an adapter may send as, where its settings declare them: an email
+    instance's `owned` addresses and domains plus its `reply@domain` threading address, a
+    Twilio-compatible instance's `from_number`. Empty: not declared (SMPP source addresses
+    follow the number the customer wrote to)."""
+    owned = getattr(settings, "owned", None)
+    domain = getattr(settings, "domain", None)
+    if isinstance(owned, list) and isinstance(domain, str):
+        return (*(str(o) for o in owned), f"reply@{domain}")
+    number = getattr(settings, "from_number", None)
+    if isinstance(number, str) and number and getattr(settings, "messaging_service_sid", None) is None:
+        return (number,)
+    return ()

@@ -12,6 +12,12 @@ A core given no instances (an embedded core, most tests) knows no configured nam
 and only there, the built-in adapter type names stand for themselves (`email` answers on email
 addresses, `sms` on phone numbers, ...), as every adapter named its messages before channels
 were named by instance.
+
+An instance also says whom it works for, so the outbound authority (umsg/outbound/authority.py)
+can refuse a reply of one project through another project's relay: `projects`, the slugs of the
+projects whose messages it carries (None: not declared, as for an instance built by hand in a
+test, which then serves every project), and `senders`, the addresses (`help@acme.example`) or
+whole domains (`@acme.example`) it may send as (empty: not declared; the adapter picks its own).
 """
 
 from __future__ import annotations
@@ -40,6 +46,32 @@ class Instance:
     type: str
     identity_kind: IdentityKind | None
     enabled: bool = True
+    projects: frozenset[str] | None = None
+    senders: tuple[str, ...] = ()
+
+    def serves(self, project: str) -> bool:
+        """Whether messages of project `project` (a slug) may leave through this instance."""
+        return self.projects is None or project in self.projects
+
+    def sends_as(self, address: str) -> bool | None:
+        """Whether `address` is one of this instance's own; None when it declares no senders."""
+        if not self.senders:
+            return None
+        value = address.strip().strip("<>").strip().lower()
+        for own in self.senders:
+            own = own.lower()
+            if own.startswith("@"):
+                if "@" in value and value.rsplit("@", 1)[1] == own[1:]:
+                    return True
+            elif value == own or _without_detail(value) == own:
+                return True
+        return False
+
+
+def _without_detail(address: str) -> str:
+    """`reply@host` for `reply+token@host` (RFC 5233 subaddress): our own threading addresses."""
+    local, at, host = address.rpartition("@")
+    return f"{local.split('+', 1)[0]}@{host}" if at else address
 
 
 class ChannelInstances:

@@ -31,6 +31,7 @@ from umsg.model import (
     IngestResult,
     Outbound,
 )
+from umsg.outbound.authority import RecipientNotContact
 from umsg.outbound.dispatcher import Dispatcher
 from umsg.outbound.outbox import Outbox
 
@@ -405,6 +406,13 @@ async def test_reply_refusals(core: Core, pid: int) -> None:
         await outbox.reply(
             project_id=pid, conversation_id=conv.conversation_id, text="x", to="ann@example.com"
         )
+    # The outbound authority: an explicit recipient must be one of the contact's identities.
+    with pytest.raises(RecipientNotContact):
+        await outbox.reply(project_id=pid, conversation_id=conv.conversation_id, text="x", channel="sms",
+                           to="+4930999999")
+    async with core.sessions() as s:
+        s.add(Identity(project_id=pid, contact_id=conv.contact_id, kind="phone", value="+4930123456"))
+        await s.commit()
     explicit = await outbox.reply(
         project_id=pid, conversation_id=conv.conversation_id, text="x", channel="sms", to="+4930123456"
     )

@@ -69,7 +69,9 @@ def test_the_registry_hands_the_core_every_instance_with_its_kind() -> None:
     assert instances.names() == ["sales", "shop", "support", "texts"]
     assert instances.kind("support") == IdentityKind.EMAIL and instances.kind("texts") == IdentityKind.PHONE
     assert instances.kind("shop") is None
-    assert instances.get("sales") == Instance("sales", "email", IdentityKind.EMAIL, enabled=False)
+    assert instances.get("sales") == Instance("sales", "email", IdentityKind.EMAIL, enabled=False,
+                                              projects=frozenset({"default"}),
+                                              senders=("@sales.alpha.test", "reply@sales.alpha.test"))
     assert instances.answering(IdentityKind.EMAIL) == ["support"]  # enabled ones only
     assert registry.legacy_claims(settings.channels) == [
         ("support", "email"), ("sales", "email"), ("texts", "sms"), ("shop", None)]

@@ -56,7 +56,7 @@ async def _stored(settings: Settings) -> dict[str, tuple[int, int]]:
 def _list(settings: Settings, out: TextIO) -> int:
     from channels.registry import ChannelRegistry
 
-    instances = ChannelRegistry().instances(settings.channels)
+    instances = ChannelRegistry().instances(settings.channels, settings.project)
     print("configured instances:", file=out)
     for name in instances.names():
         i = instances.get(name)

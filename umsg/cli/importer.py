@@ -77,7 +77,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
             raise ConfigError([("paths", f"{p} does not exist")])
     channel, domain = _email_channel(settings, args.channel)
     total = await asyncio.to_thread(count, list(args.paths))
-    core = await Core.open(settings, channels=ChannelRegistry().instances(settings.channels))
+    core = await Core.open(settings, channels=ChannelRegistry().instances(settings.channels, settings.project))
     try:
         await core.start()
         summary = await import_paths(list(args.paths), core.ingest.ingest, channel=channel,

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     sample = make_sample(channel=args.channel, sender=args.sender, to=args.to, at=_at(args.at),
                          subject=args.subject, text=args.text, meta=_pairs(args.meta, "meta"),
                          attributes=attrs, default_region=settings.ingest.default_region,
-                         channels=ChannelRegistry().instances(settings.channels))
+                         channels=ChannelRegistry().instances(settings.channels, settings.project))
     if args.store:
         table, source, sample = asyncio.run(_from_store(settings, slug, sample, bool(args.attr)))
     else:

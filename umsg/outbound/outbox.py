@@ -37,6 +37,7 @@ from umsg.errors import NotFound, PermanentError
 from umsg.events.log import EventLog
 from umsg.instances import ChannelInstances
 from umsg.model import IdentityKind, OutboundPart
+from umsg.outbound.authority import Request, authorise, authorise_channel, purpose_of
 from umsg.outbound.dispatcher import Dispatcher, OutboundAdapter
 
 __all__ = ["Dispatcher", "OutboundAdapter", "Outbox", "StoredAttachment", "add_reply"]
@@ -127,13 +128,16 @@ class Outbox:
         attach_part_ids: Sequence[int] = (),
         sender: str | None = None,
         flags: dict[str, Any] | None = None,
+        may_start: bool = False,
     ) -> Message:
         """Queue a reply on a conversation; returns the stored message after the commit.
 
         The channel defaults to the conversation's, the recipient to the
         contact's identity for that channel. Raises NotFound for a conversation
         outside the project and PermanentError when no recipient can be found
-        or the recipient opted out.
+        or the recipient opted out; `authority.OutboundRefused` when the outbound authority
+        refuses it (`may_start`: the caller may write to a new address of the contact on a
+        conversation the customer has not written in yet).
         """
         stored = await self._store(attachments)
         now = self._clock()
@@ -150,7 +154,7 @@ class Outbox:
                 s, project_id=project_id, conversation_id=conv.id, contact_id=conv.contact_id,
                 conv_channel=conv.channel, conv_subject=conv.subject, last_in=last_in, text=text, now=now,
                 agent_id=agent_id, channel=channel, to=to, subject=subject, html=html, automatic=automatic,
-                attachments=stored, sender=sender, flags=flags, channels=self.channels)
+                attachments=stored, sender=sender, flags=flags, channels=self.channels, may_start=may_start)
             msg_id = int((await s.execute(_INSERT_MESSAGE, values)).scalar_one())
             if stored:
                 await s.execute(insert(_PART), [_part_values(project_id, msg_id, a, now) for a in stored])
@@ -236,19 +240,28 @@ async def _message_values(
     attachments: Sequence[StoredAttachment],
     sender: str | None,
     channels: ChannelInstances,
+    may_start: bool = False,
 ) -> dict[str, Any]:
-    """The outgoing message's columns; refuses (PermanentError) an empty or undeliverable reply.
+    """The outgoing message's columns; refuses (PermanentError) an empty or undeliverable reply,
+    and (authority.OutboundRefused) one the outbound authority does not allow.
 
     `last_in` is the customer's latest message on the channel (from, to): the reply goes
-    to whoever wrote it and comes from the address it was sent to.
+    to whoever wrote it and comes from the address it was sent to, when the channel owns it.
     """
     if not (text and text.strip()) and not html and not attachments:
         raise PermanentError("a reply needs text or an attachment")
     channel = channel or conv_channel
     kind = channels.kind(channel)
+    purpose = purpose_of(flags)
+    # Before looking for a recipient: another project's channel is refused whoever it would reach.
+    await authorise_channel(s, channels, purpose, project_id, channel)
     wrote_from, wrote_to = last_in if last_in is not None else ("", [])
     recipient = to.strip() if to else await _default_recipient(s, project_id, contact_id, channel, kind,
                                                                 wrote_from)
+    grant = await authorise(s, channels, Request(
+        purpose=purpose, project_id=project_id, contact_id=contact_id, conversation_id=conversation_id,
+        channel=channel, kind=kind, recipient=recipient, explicit_to=bool(to), wrote_from=wrote_from or "",
+        wrote_to=str(wrote_to[0]) if wrote_to else "", sender=sender, may_start=may_start))
     if to or kind is None:
         await _refuse_opted_out(s, project_id, recipient)  # the default choice checked it already
     if subject is None and kind == IdentityKind.EMAIL and conv_subject:
@@ -259,8 +272,8 @@ async def _message_values(
         "contact_id": contact_id,
         "direction": "out",
         "channel": channel,
-        # Answer from the address the customer wrote to.
-        "from_addr": sender or (str(wrote_to[0]) if wrote_to else ""),
+        # Answer from the address the customer wrote to, when it is the channel's own.
+        "from_addr": grant.from_addr,
         "to_addrs": [recipient],
         "subject": subject,
         "text": text,

@@ -92,26 +92,31 @@ class RouterAdmin:
 
     async def set_queues(self, agent_id: int, queues: Sequence[Membership],
                          sees: Callable[[int], bool]) -> None:
-        """Replace the agent's queue memberships (none: it serves every queue of its projects).
+        """Replace the agent's queue memberships in the projects `sees` allows (none: it serves
+        every queue of those projects); memberships in the agent's other projects stay.
 
-        Raises NotFound when the agent is in no project, NotAgentsProject (naming the first
-        offending membership) when one names a project the agent is not in or `sees` refuses.
-        The change commits with one `router.agent` event per project of the agent, so every
-        shard's leader reloads it.
+        Raises NotFound when the agent is in no project the caller sees (an agent of another
+        project does not exist for the caller), NotAgentsProject (naming the first offending
+        membership) when one names a project the agent is not in or `sees` refuses. The change
+        commits with one `router.agent` event per project of the agent, so every shard's leader
+        reloads it.
         """
         async with self.sessions() as s:
             projects = {slug: pid for slug, pid in (await s.execute(select(Project.slug, Project.id))).all()}
             mine = set((await s.scalars(select(AgentProject.project_id)
                                         .where(AgentProject.agent_id == agent_id))).all())
-            if not mine:
+            shared = {pid for pid in mine if sees(pid)}
+            if not shared:
                 raise NotFound(f"agent {agent_id} not found (or in no project)")
             rows = []
             for i, m in enumerate(queues):
                 pid = projects.get(m.project)
-                if pid is None or pid not in mine or not sees(pid):
+                if pid is None or pid not in shared:
                     raise NotAgentsProject(i, agent_id, m.project)
                 rows.append(AgentQueue(agent_id=agent_id, project_id=pid, queue=m.queue, rank=m.rank))
-            await s.execute(delete(AgentQueue).where(AgentQueue.agent_id == agent_id))
+            # Only the caller's projects: a supervisor of one project never empties another's.
+            await s.execute(delete(AgentQueue).where(AgentQueue.agent_id == agent_id,
+                                                     AgentQueue.project_id.in_(sorted(shared))))
             s.add_all(rows)
             for pid in sorted(mine):
                 self.events.add(s, pid, ROUTER_AGENT, {"agent_id": agent_id, "queues": len(rows)})

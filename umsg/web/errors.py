@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from sqlalchemy import exc as sa_exc
 
 from umsg.errors import Conflict, NotFound, PermanentError, TransientError, UmsgError
+from umsg.outbound.authority import OutboundRefused
 from umsg.web.keys import CORE, REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,10 @@ def _from_umsg_error(request: web.Request, exc: UmsgError) -> web.Response | Non
         return error_response(request, 404, "not_found", message)
     if isinstance(exc, Conflict):
         return error_response(request, 409, "conflict", message)
+    if isinstance(exc, OutboundRefused):
+        # The outbound authority: the caller may not send this (another project's channel,
+        # an address that is not the contact's, a sender that is not the channel's).
+        return error_response(request, 403, "forbidden", message)
     if isinstance(exc, PermanentError):
         return error_response(request, 422, "rejected", message)
     if isinstance(exc, TransientError):

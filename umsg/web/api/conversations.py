@@ -1,7 +1,9 @@
 """Conversations: listing, reading, updating (status, priority, assignee, snooze) and replying.
 
 The queries and writes are `umsg.conversations.Conversations`; this module parses,
-authorises (`ensure_visible`) and serialises.
+authorises (`ensure_visible`) and serialises. A reply is queued by `core.outbox`, whose
+outbound authority (umsg/outbound/authority.py) refuses another project's channel, an
+address that is not the contact's and a sender that is not the channel's: a 403.
 """
 
 from __future__ import annotations
@@ -85,5 +87,8 @@ async def reply(ctx: Ctx) -> web.StreamResponse:
         attachments=[OutboundPart(media_type=a.media_type, data=a.data_base64, filename=a.filename)
                      for a in body.attachments],
         attach_part_ids=body.attach_part_ids,
+        # Staff may start a new outbound conversation to a new address of the contact; nobody
+        # may send to an address that is not the contact's once the customer wrote (403).
+        may_start=me.role in ("admin", "supervisor"),
     )
     return json_ok(serialize.message(msg), status=202)

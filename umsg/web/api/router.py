@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import Field, model_validator
 
 from storage.models import RouterOffer
+from umsg.agents import Agents
 from umsg.conversations import Guard
 from umsg.router.admin import Membership, NotAgentsProject, OfferFilter, RouterAdmin
 from umsg.tokens import Principal
@@ -129,6 +130,8 @@ async def heartbeat(ctx: Ctx) -> web.StreamResponse:
     agent_id = ctx.path_id("agent")
     if ctx.me.role == "agent" and ctx.me.agent_id != agent_id:
         raise forbidden("an agent token may only send its own heartbeat")
+    # Staff renew only agents they see (colleagues in one of their projects): NotFound otherwise.
+    await Agents(ctx.core.sessions, ctx.core.events).get(agent_id, ctx.me)
     return json_ok({"agent_id": agent_id, "renewed": await ctx.core.router.heartbeat(agent_id)})
 
 
@@ -161,7 +164,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", f"{API}/queue/{{id}}/explain", explain_item, "Why an item waits or where it went",
              "router", responses={200: "the explanation", 404: NOT_FOUND}),
     Endpoint("POST", f"{API}/agents/{{id}}/heartbeat", heartbeat, "Renew the agent's item leases",
-             "router", responses={200: "how many leases were renewed"}),
+             "router", responses={200: "how many leases were renewed", 403: "another agent's (agent token)",
+                                  404: NOT_FOUND}),
     Endpoint("PUT", f"{API}/agents/{{id}}/queues", put_agent_queues, "Set an agent's queue memberships",
              "router", roles=STAFF, body=QueuesIn, responses={200: "the memberships", 404: NOT_FOUND}),
 )
