@@ -318,6 +318,21 @@ class ApiToken(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()
+    # None: never expires (every token made before migration 0012, and CLI tokens without --expires).
+    expires_at: Mapped[datetime | None] = mapped_column()
+    # Browser sessions only: the refreshes of one sign-in end here (its absolute lifetime).
+    renewable_until: Mapped[datetime | None] = mapped_column()
+
+
+class SigninThrottle(Base):
+    """Failed sign-ins of one login (`login:NAME`) or client address (`addr:IP`) in the current
+    window, and until when further attempts are refused; shared by every process on the store."""
+
+    __tablename__ = "signin_throttle"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[datetime] = mapped_column()
+    locked_until: Mapped[datetime | None] = mapped_column()
 
 
 class StoredRouteTable(Base):

@@ -1,9 +1,15 @@
-"""API bearer tokens: creation, authentication and revocation.
+"""API bearer tokens: creation, authentication, expiry, rotation and revocation.
 
 A token is shown once, when it is created; the store keeps only its sha256,
 so a leaked database does not leak working credentials. A token carries a
 role (admin, supervisor, agent) and optionally the agent it acts for; the
 projects a caller may see follow from that agent's project memberships.
+
+A token may expire (`expires_at`; None, the default for CLI tokens and every token made
+before migration 0012, never expires). A browser session also has `renewable_until`: `rotate`
+replaces it by a new token (the old one is revoked in the same transaction) that expires an
+idle period later, never after `renewable_until`. Expired and revoked tokens authenticate as
+nobody.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
@@ -48,32 +55,44 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 async def create_token(
-    sessions: SessionFactory, role: str, agent_id: int | None = None, label: str | None = None
+    sessions: SessionFactory, role: str, agent_id: int | None = None, label: str | None = None,
+    *, expires_at: datetime | None = None, renewable_until: datetime | None = None,
 ) -> str:
-    """Create a token and return it in clear (the only time it is available)."""
+    """Create a token and return it in clear (the only time it is available).
+
+    `expires_at` None: the token never expires. `renewable_until` (browser sessions): how long
+    `rotate` may keep replacing it.
+    """
     if role not in ROLES:
         raise PermanentError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     if role == "agent" and agent_id is None:
         raise PermanentError("an agent token needs the agent it acts for (agent_id)")
     if label is not None and len(label) > 200:
         raise PermanentError("token label is longer than 200 characters")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    if expires_at is not None and expires_at <= utcnow():
+        raise PermanentError("the token's expiry is in the past")
+    token = _new_token()
     async with sessions() as s:
         if agent_id is not None and await s.get(Agent, agent_id) is None:
             raise NotFound(f"agent {agent_id} not found")
-        s.add(ApiToken(token_hash=hash_token(token), role=role, agent_id=agent_id, label=label))
+        s.add(ApiToken(token_hash=hash_token(token), role=role, agent_id=agent_id, label=label,
+                       expires_at=expires_at, renewable_until=renewable_until))
         await s.commit()
     return token
 
 
 async def authenticate(sessions: SessionFactory, token: str) -> Principal | None:
-    """Return the principal for `token`, or None when it is unknown or revoked."""
+    """Return the principal for `token`, or None when it is unknown, revoked or expired."""
     if not token:
         return None
     async with sessions() as s:
         row = await s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-        if row is None or row.revoked_at is not None:
+        if row is None or not _live(row, utcnow()):
             return None
         project_ids: frozenset[int] | None = None
         # A token bound to an agent is confined to that agent's projects,
@@ -97,3 +116,37 @@ async def revoke(sessions: SessionFactory, token_id: int) -> bool:
         row.revoked_at = utcnow()
         await s.commit()
         return True
+
+
+def _live(row: ApiToken, now: datetime) -> bool:
+    return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """A browser session's new token (in clear) and when it expires."""
+
+    token: str
+    expires_at: datetime
+
+
+async def rotate(sessions: SessionFactory, token_id: int, idle: timedelta) -> Rotated | None:
+    """Replace the live, renewable token `token_id` by a new one expiring `idle` from now (never
+    after its `renewable_until`), revoking the old one in the same transaction.
+
+    None when the token is not renewable (an API token), revoked, expired, or at the end of its
+    absolute lifetime. A token can be rotated once: a second refresh with the same old token
+    (a replay, or a race of two tabs) finds it revoked.
+    """
+    now = utcnow()
+    async with sessions() as s:
+        row = await s.scalar(select(ApiToken).where(ApiToken.id == token_id).with_for_update())
+        if row is None or row.renewable_until is None or not _live(row, now) or row.renewable_until <= now:
+            return None
+        expires_at = min(now + idle, row.renewable_until)
+        token = _new_token()
+        row.revoked_at = now
+        s.add(ApiToken(token_hash=hash_token(token), role=row.role, agent_id=row.agent_id, label=row.label,
+                       expires_at=expires_at, renewable_until=row.renewable_until))
+        await s.commit()
+    return Rotated(token, expires_at)

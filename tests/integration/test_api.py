@@ -264,7 +264,8 @@ async def test_healthz_is_503_with_a_reason_when_the_store_is_unreachable(api: A
 async def test_metrics_expose_http_ingest_and_queue_figures(api: Api) -> None:
     await api.message()
     await api.call("GET", "/api/v1/conversations/999999")
-    r = await api.call("GET", "/metrics", who=None)
+    assert (await api.call("GET", "/metrics", who=None)).status == 401  # not public by default
+    r = await api.call("GET", "/metrics", who="admin")
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     text = r.raw.decode()
     assert 'umsg_http_requests_total{method="POST",route="/api/v1/messages",status="201"} 1.0' in text

@@ -4,7 +4,9 @@
     umsg migrate [--config FILE] [--data-dir DIR]
     umsg config check FILE
     umsg channels list|rename OLD NEW [--config FILE]
-    umsg token create --role admin|supervisor|agent [--agent LOGIN] [--label L] [--config FILE]
+    umsg token create --role admin|supervisor|agent [--agent LOGIN] [--label L] [--expires-in 30d]
+                      [--config FILE]
+    umsg token revoke TOKEN [--config FILE]
 
 The configuration file may also be named by the `UMSG_CONFIG` environment
 variable. Settings are layered defaults < TOML file < `UMSG_*` environment <
@@ -22,12 +24,14 @@ import logging
 import sys
 import tomllib
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from storage.types import utcnow
 from umsg import __version__
 from umsg.cli import channel_names as cli_channels
 from umsg.cli import routes as cli_routes
@@ -69,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--agent", metavar="LOGIN", help="the agent the token acts as (role agent)")
     create.add_argument("--label", metavar="TEXT", help="a note to recognise the token by")
+    create.add_argument("--expires-in", metavar="DURATION", type=_duration,
+                        help="the token stops working after this long: 3600, 90m, 12h, 30d (default: never)")
     with_config(create)
+    revoke = token_sub.add_parser("revoke", help="revoke an API token (it answers 401 from then on)")
+    revoke.add_argument("token", metavar="TOKEN", help="the token as `token create` printed it")
+    with_config(revoke)
     add_import_command(sub, with_config)
     cli_routes.add_to(sub, with_config)
     cli_channels.add_to(sub, with_config)
@@ -200,7 +209,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 # --- token create ------------------------------------------------------------------------
 
 
-async def _create_token(settings: Settings, role: str, agent_login: str | None, label: str | None) -> str:
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """`3600`, `90m`, `12h` or `30d` as a positive timedelta (argparse type)."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (examples: 3600, 90m, 12h, 30d)") from None
+    if not 0 < seconds <= 100 * 365 * 86400:
+        raise argparse.ArgumentTypeError("a duration must be positive and under 100 years")
+    return timedelta(seconds=seconds)
+
+
+async def _create_token(settings: Settings, role: str, agent_login: str | None, label: str | None,
+                        expires_in: timedelta | None = None) -> str:
     from storage.db import session_factory
     from storage.models import Agent
     from umsg.tokens import create_token
@@ -213,7 +240,8 @@ async def _create_token(settings: Settings, role: str, agent_login: str | None, 
                 agent_id = await session.scalar(select(Agent.id).where(Agent.login == agent_login))
             if agent_id is None:
                 raise ConfigError([("agent", f"no agent with login {agent_login!r}")])
-        return await create_token(sessions, role, agent_id=agent_id, label=label)
+        expires_at = None if expires_in is None else utcnow() + expires_in
+        return await create_token(sessions, role, agent_id=agent_id, label=label, expires_at=expires_at)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -221,9 +249,34 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         raise ConfigError([("agent", "--agent LOGIN is required for role agent")])
     if args.role != "agent" and args.agent:
         raise ConfigError([("agent", f"only an agent token acts as an agent, not role {args.role}")])
-    token = asyncio.run(_create_token(settings_from_args(args), args.role, args.agent, args.label))
+    token = asyncio.run(_create_token(settings_from_args(args), args.role, args.agent, args.label,
+                                      args.expires_in))
     print(token)
     return EXIT_OK
+
+
+async def _revoke_token(settings: Settings, token: str) -> bool:
+    from storage.db import session_factory
+    from storage.models import ApiToken
+    from umsg.tokens import hash_token, revoke
+
+    async with store_engine(settings) as engine:
+        sessions = session_factory(engine)
+        async with sessions() as session:
+            token_id = await session.scalar(select(ApiToken.id).where(ApiToken.token_hash == hash_token(token)))
+        if token_id is None:
+            raise ConfigError([("token", "no such token")])
+        return await revoke(sessions, token_id)
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    was_live = asyncio.run(_revoke_token(settings_from_args(args), args.token.strip()))
+    print("revoked" if was_live else "already revoked")
+    return EXIT_OK
+
+
+def _token_command(args: argparse.Namespace) -> int:
+    return cmd_token_revoke(args) if args.token_command == "revoke" else cmd_token_create(args)
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -248,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": cmd_serve,
         "migrate": cmd_migrate,
         "config": cmd_config_check,
-        "token": cmd_token_create,
+        "token": _token_command,
         "import": cmd_import,
         "routes": cli_routes.run,
         "channels": cli_channels.run,

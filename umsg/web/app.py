@@ -20,6 +20,7 @@ from umsg.web.errors import error_middleware
 from umsg.web.inbox_static import mount_inbox
 from umsg.web.keys import ADAPTERS, CORE
 from umsg.web.metrics import METRICS, WebMetrics, metrics_middleware
+from umsg.web.passwords import HASHER, PasswordHasher
 from umsg.web.table import ENDPOINTS as TABLE
 from umsg.web.ws import OPEN_SOCKETS, close_sockets
 
@@ -36,6 +37,7 @@ def create_app(core: Core, adapters: Mapping[str, object] | None = None) -> web.
     app[CORE] = core
     app[ADAPTERS] = dict(adapters or {})
     app[METRICS] = WebMetrics()
+    app[HASHER] = PasswordHasher(core.settings.accounts.hash_concurrency)
     app[ENDPOINTS] = TABLE
     app[OPEN_SOCKETS] = weakref.WeakSet()
     register(app, TABLE)

@@ -57,7 +57,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     principal = await authenticate(request.app[CORE].sessions, token)
     if principal is None:
-        raise unauthorized("the bearer token is unknown or revoked", invalid_token=True)
+        raise unauthorized("the bearer token is unknown or revoked, or has expired", invalid_token=True)
     request[PRINCIPAL] = principal
     return await handler(request)
 

@@ -5,11 +5,16 @@ middleware. Store-derived values (ingest counters, queue depth by status)
 are read when scraped: the handler awaits the database first, hands the
 numbers to a custom collector, then renders the text, so collection itself
 never blocks the event loop.
+
+`/metrics` is not public by default (queue depths and route names tell an outsider a lot):
+a scrape needs `Authorization: Bearer <accounts.metrics_token>` or a live admin API token;
+`accounts.metrics_public = true` opens it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -20,7 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from storage.states import QueueItemStatus
+from umsg.tokens import authenticate
 from umsg.web.endpoints import Ctx
+from umsg.web.errors import unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +123,26 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     return resp
 
 
+async def _may_scrape(ctx: Ctx) -> bool:
+    accounts = ctx.core.settings.accounts
+    if accounts.metrics_public:
+        return True
+    scheme, _, value = ctx.request.headers.get("Authorization", "").partition(" ")
+    token = value.strip()
+    if scheme.lower() != "bearer" or not token:
+        return False
+    if accounts.metrics_token is not None:
+        expected = accounts.metrics_token.get_secret_value()
+        if expected and hmac.compare_digest(token.encode(), expected.encode()):
+            return True
+    principal = await authenticate(ctx.core.sessions, token)
+    return principal is not None and principal.role == "admin" and principal.project_ids is None
+
+
 async def metrics_text(ctx: Ctx) -> web.StreamResponse:
+    if not await _may_scrape(ctx):
+        raise unauthorized("/metrics needs 'Authorization: Bearer <token>': the metrics token "
+                           "(accounts.metrics_token) or an admin API token")
     queue: Mapping[str, object] | None
     try:
         queue = dict(await ctx.core.queue.stats())

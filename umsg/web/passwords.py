@@ -17,6 +17,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from aiohttp import web
+
 N, R, P = 2**17, 8, 1
 _LEN = 32
 # scrypt needs 128·N·r bytes; the stdlib's default ceiling (32 MiB) refuses N=2^17.
@@ -104,6 +106,10 @@ class PasswordHasher:
         """True when `password` matches `stored`; a missing hash never matches but costs the same."""
         async with self._slots:
             return await asyncio.to_thread(verify_password_sync, password, stored)
+
+
+# The web app's hasher (umsg.web.app creates it from accounts.hash_concurrency).
+HASHER: web.AppKey[PasswordHasher] = web.AppKey("umsg_password_hasher", PasswordHasher)
 
 
 async def hash_password(password: str) -> str:
