@@ -42,7 +42,7 @@ def verify_visitor(secret: str, scope: str, token: object) -> str | None:
     if not isinstance(token, str) or len(token) > 200:
         return None
     visitor_id, sep, sig = token.partition(".")
-    if not sep or not VISITOR_RE.match(visitor_id):
+    if not sep or not VISITOR_RE.match(visitor_id) or not sig.isascii():
         return None
     return visitor_id if hmac.compare_digest(_signature(secret, scope, visitor_id), sig) else None
 

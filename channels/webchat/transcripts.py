@@ -64,6 +64,8 @@ def read_token(secret: str, scope: str, token: object, now: float) -> Confirm | 
     if not isinstance(token, str) or len(token) > _MAX_TOKEN:
         return None
     payload, _, sig = token.rpartition(".")
+    if not sig.isascii():  # compare_digest refuses non-ASCII str: a forged token, not an error
+        return None
     if not hmac.compare_digest(_sign(secret, scope, payload), sig):
         return None
     try:
