@@ -205,6 +205,9 @@
         ready = true; retry = 0;
         saved.token = f.token; save(saved);
         features = f.features || {};
+        // Off, or no public URL to confirm an address with: no transcript to offer.
+        tWrap.hidden = !features.transcript;
+        if (!features.transcript) { tBox.checked = false; }
         if (features.title) { title.textContent = features.title; }
         (f.history || []).forEach(render);
         saved.pending.forEach(function (p) {  // not acknowledged before: same client id again
@@ -242,7 +245,9 @@
       case "ok":
         if (f["for"] === "rate" || f["for"] === "end") {
           rating.hidden = true;
-          notice(f.transcript ? "Thank you! The transcript is on its way." : "Thank you for your feedback.");
+          // A new address first gets a confirmation link: the transcript follows once it is opened.
+          notice(f.confirm ? "Thank you! We sent a link to " + f.confirm + ": open it to receive the transcript."
+            : f.transcript ? "Thank you! The transcript is on its way." : "Thank you for your feedback.");
         }
         break;
       case "error":
