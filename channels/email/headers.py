@@ -23,7 +23,7 @@ import unicodedata
 from dataclasses import dataclass
 from email import errors, policy
 from email.header import decode_header
-from email.headerregistry import AddressHeader
+from email.headerregistry import Address, AddressHeader
 from email.message import Message
 from email.utils import getaddresses
 from typing import Any
@@ -154,6 +154,43 @@ def _getaddresses(value: str) -> list[tuple[str, str]]:
         return []
 
 
+def _bare(value: str) -> str:
+    """`value` without comments and whitespace (quoted strings kept): how an addr-spec is compared."""
+    out: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for ch in value:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                out.append(ch)
+        elif ch == "\\":
+            escaped = True
+            if depth == 0:
+                out.append(ch)
+        elif quoted:
+            quoted = ch != '"'
+            if not ch.isspace():
+                out.append(ch)
+        elif ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif depth == 0 and not ch.isspace():
+            quoted = ch == '"'
+            out.append(ch)
+    return "".join(out)
+
+
+def _literal(address: Address, bare: str) -> bool:
+    """The address is written in the value (`bare`: its comments and whitespace removed).
+
+    The parser decodes encoded words wherever it finds them, even inside a broken addr-spec
+    ("=?..?=@=?..?=" becomes a decoded address): an address not written is not one.
+    """
+    spec = "".join(address.addr_spec.split())
+    return bool(address.username and address.domain) and spec in bare
+
+
 def mailboxes(raw: str, *, full: bool = True) -> list[Mailbox]:
     """The mailboxes of one raw address-header value (groups flattened); never raises.
 
@@ -173,9 +210,8 @@ def mailboxes(raw: str, *, full: bool = True) -> list[Mailbox]:
         rescued = _rescue(value)
         return [rescued] if rescued is not None else []
     assert isinstance(header, AddressHeader)
-    # The parser decodes encoded words wherever it finds them, even inside a broken addr-spec
-    # ("=?..?=@=?..?=" becomes a decoded address): an address not written literally is not one.
-    found = [a for a in header.addresses if a.username and a.domain and a.addr_spec in value]
+    bare = _bare(value)
+    found = [a for a in header.addresses if _literal(a, bare)]
     defects: tuple[errors.MessageDefect, ...] = getattr(header, "defects", ())  # BaseHeader's, untyped here
     defective = any(isinstance(d, (errors.InvalidHeaderDefect, errors.HeaderMissingRequiredValue)) for d in defects)
     if defective or len(found) != len(header.addresses):
@@ -188,7 +224,7 @@ def mailboxes(raw: str, *, full: bool = True) -> list[Mailbox]:
     paired = len(raw_names) == len(header.addresses)
     out: list[Mailbox] = []
     for i, a in enumerate(header.addresses):
-        if not (a.username and a.domain and a.addr_spec in value):
+        if not _literal(a, bare):
             continue
         name = _from_surrogates(a.display_name)
         if paired and ("=?" in raw_names[i] or not name):  # not name: a comment ("a@b (Name)") names it
