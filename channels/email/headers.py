@@ -155,7 +155,7 @@ def _getaddresses(value: str) -> list[tuple[str, str]]:
 
 
 def _bare(value: str) -> str:
-    """`value` without comments and whitespace (quoted strings kept): how an addr-spec is compared."""
+    """`value` without comments and whitespace (quoted text kept): how an addr-spec is compared."""
     out: list[str] = []
     depth, quoted, escaped = 0, False, False
     for ch in value:

@@ -10,6 +10,7 @@ shows none. The screenshot `sender-warning-01.png` is kept as an artifact.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -84,10 +85,14 @@ async def test_forged_sender_name_shows_a_warning(gateway: Gateway) -> None:
     forged = await _send(gateway.smtp_port,
                          "From: =?utf-8?q?Sales_=3Csales=40acme=2Eexample=3E?= <attacker@evil.example>",
                          "New bank details", "Please pay invoice 1001 to our new account.", "attacker@evil.example")
-    assert ok.startswith("2.0.0") and forged.startswith("2.0.0")
+    # The name shown in the warning is the attacker's text too: it must stay text.
+    hostile = base64.b64encode(b"<img src=x onerror=window.__xss=1> <sales@acme.example>").decode()
+    markup = await _send(gateway.smtp_port, f"From: =?utf-8?b?{hostile}?= <mallory@evil.example>", "Urgent",
+                         "Urgent payment.", "mallory@evil.example")
+    assert ok.startswith("2.0.0") and forged.startswith("2.0.0") and markup.startswith("2.0.0")
     conversations = (await srv.call("GET", "/api/v1/conversations?limit=10"))["items"]
     by_subject = {c["subject"]: c for c in conversations}
-    assert set(by_subject) == {"Order 1001", "New bank details"}
+    assert set(by_subject) == {"Order 1001", "New bank details", "Urgent"}
     for conv in conversations:
         await srv.call("PATCH", f"/api/v1/conversations/{conv['id']}", {"assignee_id": eve})
     async with chromium() as browser:
@@ -104,6 +109,12 @@ async def test_forged_sender_name_shows_a_warning(gateway: Gateway) -> None:
         await expect(page.locator("#timeline .msg.in .who")).to_have_text("attacker@evil.example")
         await expect(page.locator(".contact-name")).not_to_contain_text("sales@acme.example")
         await screenshot(page, "sender-warning-01", full_page=False)
+
+        await page.locator("#work li", has_text="Urgent").click()
+        await expect(page.locator("#timeline .sender-warning")).to_contain_text(
+            "“<img src=x onerror=window.__xss=1> <sales@acme.example>” shows sales@acme.example")
+        assert await page.locator("#timeline img").count() == 0
+        assert await page.evaluate("() => window.__xss") is None
 
         await page.locator("#work li", has_text="Order 1001").click()
         await expect(page.locator("#timeline .msg.in .text")).to_have_text("Where is my order?")
