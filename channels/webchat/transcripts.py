@@ -160,11 +160,15 @@ async def confirm_post(rt: ChatRuntime, request: web.Request) -> web.StreamRespo
                             {"conversation_id": found.conversation_id, "at": int(time.time())})
     if not first:
         return _page("Already sent", f"<p>The transcript was already sent to <b>{html.escape(found.email)}</b>.</p>")
-    await state.add(rt.scope, proven_key(found.contact_id, found.email), {"email": found.email.lower()})
-    await rt.store.remember_email(found.contact_id, found.email, None)
     try:
+        await rt.store.remember_email(found.contact_id, found.email, None)
         await send_transcript(rt, found.conversation_id, found.email)
     except PermanentError:
         return _page("Not sent", "<p>The transcript could not be sent to this address.</p>", status=422)
+    except Exception:
+        # Not queued (the store is away): the link stays usable for another try.
+        await state.delete(rt.scope, f"confirmed:{found.signature}")
+        raise
+    await state.add(rt.scope, proven_key(found.contact_id, found.email), {"email": found.email.lower()})
     return _page("Transcript on its way",
                  f"<p>The transcript of your chat is on its way to <b>{html.escape(found.email)}</b>.</p>")
