@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from aiohttp import web
 from prometheus_client.registry import Collector
 
+from umsg.web.api.media import PAGE_RENDERS, PageRenders
 from umsg.web.auth import auth_middleware
 from umsg.web.endpoints import ENDPOINTS, register
 from umsg.web.errors import error_middleware
@@ -40,6 +41,7 @@ def create_app(core: Core, adapters: Mapping[str, object] | None = None) -> web.
     app[HASHER] = PasswordHasher(core.settings.accounts.hash_concurrency)
     app[ENDPOINTS] = TABLE
     app[OPEN_SOCKETS] = weakref.WeakSet()
+    app[PAGE_RENDERS] = PageRenders()
     register(app, TABLE)
     _mount_channel_routes(app, adapters or {})
     _register_channel_metrics(app, adapters or {})
