@@ -58,5 +58,6 @@ async def sign_in(page: Page, url: str, login: str, password: str = "password123
     await page.fill("#login", login)
     await page.fill("#password", password)
     await page.click("button[type=submit]")
-    await expect(page.locator("#app")).to_be_visible()
+    # Generous: checking a password is a memory-hard hash (scrypt N=2^17), slow on a busy machine.
+    await expect(page.locator("#app")).to_be_visible(timeout=20_000)
     await expect(page.locator("#live")).to_have_attribute("data-status", "live")

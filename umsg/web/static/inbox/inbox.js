@@ -36,7 +36,7 @@ async function signIn(event) {
   $("#signin-error").textContent = "";
   try {
     const res = await api("POST", "/api/v1/session", { login: $("#login").value, password: $("#password").value });
-    setToken(res.token);
+    setToken(res.token, res.expires_at);
     await start();
   } catch (err) {
     $("#signin-error").textContent = err.message;
