@@ -77,14 +77,15 @@ def verify_password_sync(password: str, stored: str | None) -> bool:
 
 
 def needs_rehash(stored: str | None) -> bool:
-    """True when `stored` was made with parameters other than the current ones."""
+    """True when `stored` was made with weaker parameters than the current ones (a stronger hash,
+    from a later version or set by hand, is kept)."""
     if stored is None:
         return False
     try:
         params, _salt, _digest = _parse(stored)
     except (ValueError, TypeError):
         return True
-    return params != CURRENT
+    return params.n < CURRENT.n or params.r < CURRENT.r or params.p < CURRENT.p
 
 
 class PasswordHasher:
