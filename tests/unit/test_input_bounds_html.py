@@ -9,6 +9,8 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from channels.email.parse import MAX_MIME_DEPTH, mime_depth, to_inbound
 from channels.email.sanitize import sanitize
@@ -143,3 +145,23 @@ def test_mime_nested_beyond_the_limit_is_refused_for_good() -> None:
     assert to_inbound(_nested_mime(MAX_MIME_DEPTH), channel="email").text == "hello\r\n"
     with pytest.raises(PermanentError, match="nested"):
         to_inbound(_nested_mime(1_000), channel="email")
+
+
+# -- property: whatever the token soup, html5ever builds no deeper than the bound lets through ----------
+
+_PIECES = ["<div>", "</div>", "<p>", "</p>", "<b>", "</b>", "<table>", "<tr>", "<td>", "</table>", "<span a='",
+           "'>", '<i title="', '">', "<!--", "-->", "</", "<", ">", "<br/>", "<div/>", "<script>", "</script>",
+           "<select>", "<option>", "<textarea>", "</textarea>", "<a href=x>", "</a>", "x", " ", "&lt;", "<svg>",
+           "<math>", "<![CDATA[", "]]>", "<?x>", "<li>", "<ul>", "<frameset>", "<template>", "</template>"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=300))
+def test_no_token_soup_gets_deeper_than_the_bound(pieces: list[str]) -> None:
+    markup = "".join(pieces)
+    bounded = bound_html(markup, max_depth=6)
+    # Balanced as written. html5ever may nest deeper than that: implied elements (tbody) and formatting
+    # elements it re-opens after closing them implicitly (at most one per element still open in the
+    # markup) - a multiple of the bound, so its work stays linear in the input.
+    assert depth_of(bounded.html) <= 6
+    assert depth_of(sanitize_html(markup, max_depth=6).html) <= 3 * 6
