@@ -17,8 +17,10 @@ class Converted:
 
 
 class Converter(Protocol):
-    """Turns one media type into another. `convert` is synchronous and CPU-bound:
-    the pipeline runs it in a worker thread, so it must not touch shared state."""
+    """Turns one media type into another. `convert` is synchronous and CPU-bound: the ingest
+    runs it in a worker process under a wall-clock and CPU limit (`umsg.workers`; killed past
+    them, the failure recorded on the message), so a converter is importable by name, must not
+    touch shared state, and may be stopped at any point."""
 
     name: ClassVar[str]
     accepts: ClassVar[frozenset[str]]
