@@ -110,7 +110,15 @@ class SmppSession:
         assert self._reader is not None
         head = await self._reader.readexactly(4)
         length = P.frame_length(head)
-        return P.decode(head + await self._reader.readexactly(length - 4))
+        try:
+            # A PDU once begun must arrive whole in time: a header that lies about its length
+            # would otherwise stall the session (and every MO message behind it) until the
+            # enquire_link noticed.
+            async with asyncio.timeout(self.settings.response_timeout_seconds):
+                rest = await self._reader.readexactly(length - 4)
+        except TimeoutError as exc:
+            raise PduError(f"a PDU of {length} bytes did not arrive whole in time") from exc
+        return P.decode(head + rest)
 
     # -- requests -------------------------------------------------------------------------
 

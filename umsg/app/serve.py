@@ -38,7 +38,7 @@ from umsg.core import Core
 from umsg.outbound.outbox import Dispatcher
 from umsg.secrets_mask import mask_secrets
 from umsg.web import create_app
-from umsg.web.connections import ConnectionLimits, GuardedSite, default_total
+from umsg.web.connections import ConnectionLimits, GuardedSite, QuietProtocolErrors, default_total
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ async def _serve(
     ]
     # keepalive_timeout also closes a connection that never completes a request head (aiohttp >= 3.10).
     runner = web.AppRunner(create_app(core, adapters), shutdown_timeout=SHUTDOWN_STEP_SECONDS,
-                           keepalive_timeout=settings.http.idle_timeout_seconds)
+                           keepalive_timeout=settings.http.idle_timeout_seconds, logger=QuietProtocolErrors())
     try:
         await runner.setup()
         limits = ConnectionLimits(default_total(settings.http.max_connections), settings.http.max_connections_per_peer)

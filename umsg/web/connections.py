@@ -13,6 +13,10 @@ wrapper that counts connections per listener:
 
 Idle and header time-outs are aiohttp's own `keepalive_timeout` (passed by the runner):
 since 3.10 it also closes a connection that never completes its first request head.
+
+`QuietProtocolErrors` is the runner's server logger: a malformed request is answered 400 by
+aiohttp and logged at debug, instead of an error with a traceback per request (which let any
+client write a traceback into the log with a few bytes).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
+_ServerLog = logging.LoggerAdapter[logging.Logger]
 
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 26\r\n\r\ntoo many connections, wait")
@@ -165,3 +171,16 @@ class GuardedSite(web.TCPSite):
         self._server = await asyncio.get_running_loop().create_server(
             guarded, self._host, self._port, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+
+
+class QuietProtocolErrors(_ServerLog):
+    """aiohttp's server logger, with the client's protocol errors (its 400s) at debug."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        super().__init__(logger or logging.getLogger("aiohttp.server"), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.debug(msg, *args, **kwargs)  # the client's fault, already answered 400
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
