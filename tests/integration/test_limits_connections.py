@@ -159,3 +159,50 @@ async def test_running_out_of_descriptors_logs_once_per_interval_and_recovers(tm
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """What the server sends before it hangs up (bounded generously)."""
+    try:
+        return await asyncio.wait_for(reader.read(), 20)
+    except ConnectionError:
+        return b""
+
+
+async def test_http_per_address_cap_and_dribbled_heads(tmp_path: Path) -> None:
+    limits = "max_connections = 40\nmax_connections_per_peer = 5\nidle_timeout_seconds = 1"
+    async with gateway(tmp_path, 1024, limits) as gw:
+        port = int(gw.url.rsplit(":", 1)[1])
+        held = []
+        try:
+            # One host over its share: the sixth and later connections get 503 at once.
+            conns = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0)) for _ in range(8)]
+            held += [w for _r, w in conns]
+            refused = [await _answer(r) for r, _w in conns[5:]]
+            assert all(a.startswith(b"HTTP/1.1 503") for a in refused), refused
+            # Another host is served meanwhile.
+            assert await _healthz(gw.url) == 200
+            # A head dribbled a byte at a time is cut off by the idle timeout, long before it ends.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.3", 0))
+            held.append(writer)
+            request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200 + b"\r\n\r\n"
+            sent = 0
+            with contextlib.suppress(ConnectionError):
+                for byte in request:
+                    if reader.at_eof():
+                        break
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    sent += 1
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                            break
+            assert sent < len(request) // 2, (sent, len(request))
+            # The idle connections of the first host were closed too, so it may connect again.
+            assert all([await _answer(r) == b"" for r, _w in conns[:5]])
+            connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as http, http.get(f"{gw.url}/healthz") as resp:
+                assert resp.status == 200
+        finally:
+            for w in held:
+                w.close()
