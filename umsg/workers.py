@@ -130,7 +130,11 @@ class _Worker:
             raise WorkerDied(f"worker process ended while starting (exit code {self.proc.exitcode})") from None
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limits: JobLimits) -> Any:
-        self.conn.send((fn, args, kwargs, limits.cpu_seconds))
+        try:
+            self.conn.send((fn, args, kwargs, limits.cpu_seconds))
+        except OSError:  # the worker ended while idle (a kill from outside): the job was not run
+            self.kill()
+            raise WorkerDied(f"worker process had ended (exit code {self.proc.exitcode})") from None
         if not self.conn.poll(limits.wall_seconds):
             self.kill()
             raise JobLimitExceeded("wall-clock", limits.wall_seconds)
