@@ -39,7 +39,7 @@ POLL_SECONDS = 1.0
 # The client only ever sends pings; anything near this size is abuse, not a ping.
 MAX_FRAME_BYTES = 4096
 # Each feed's websocket remembers whose it is, so the per-user cap needs no state of its own.
-_OWNER = "umsg_feed_owner"
+_OWNER: web.ResponseKey[str] = web.ResponseKey("umsg_feed_owner", str)
 
 OPEN_SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("umsg_open_sockets")
 
