@@ -270,7 +270,7 @@ async def _run(settings: Settings, stop: asyncio.Event, ready: Callable[[str], N
     log.info("starting", extra={"kv": dict(_flatten(settings.masked()))})
     registry = ChannelRegistry()
     # The core learns each instance's identity kind here; it never imports the adapters.
-    instances = registry.instances(settings.channels)
+    instances = registry.instances(settings.channels, settings.project)
     core = await Core.open(settings, after_commit=after_commit_from(os.environ), channels=instances)
     try:
         await adopt_channel_names(core, registry, settings)

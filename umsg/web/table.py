@@ -72,7 +72,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              responses={200: "OK", 404: NOT_FOUND}),
     Endpoint("POST", f"{API}/conversations/{{id}}/reply", conversations.reply, "Queue a reply",
              "conversations",
-             body=ReplyIn, responses={202: "the queued outbound message", 404: NOT_FOUND}),
+             body=ReplyIn, responses={
+                 202: "the queued outbound message", 404: NOT_FOUND,
+                 403: "refused by the outbound authority: another project's channel, not the contact's address"}),
     # -- contacts ------------------------------------------------------------------------------
     Endpoint("GET", f"{API}/contacts", contacts.list_contacts, "List contacts", "contacts",
              query=ContactQuery),
