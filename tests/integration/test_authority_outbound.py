@@ -310,3 +310,18 @@ async def test_alphas_supervisor_cannot_touch_betas_agent(gateway: Gateway) -> N
     assert (status, body["renewed"]) == (200, 1), body
     async with gw.readers() as s:
         assert await s.scalar(select(func.count()).select_from(AgentQueue)) == 1
+
+
+async def test_a_message_cannot_be_submitted_on_another_projects_channel(gateway: Gateway) -> None:
+    gw = gateway
+    gw.tokens["admin"] = await create_token(gw.sessions, "admin")
+    status, body = await gw.call("POST", "/api/v1/messages", "admin", {
+        "project": "beta", "channel": "alpha_mail", "from": {"kind": "email", "value": "x@customer.test"},
+        "text": "hi", "dedupe_key": "cross-1"})
+    assert status == 403 and "does not serve project 'beta'" in str(body), body
+    async with gw.readers() as s:
+        assert (await s.scalars(select(Message).where(Message.dedupe_key == "cross-1"))).all() == []
+    status, body = await gw.call("POST", "/api/v1/messages", "admin", {
+        "project": "beta", "channel": "beta_mail", "from": {"kind": "email", "value": "x@customer.test"},
+        "text": "hi", "dedupe_key": "own-1"})
+    assert status == 201, body

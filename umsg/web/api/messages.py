@@ -18,6 +18,7 @@ from umsg.model import Address, Inbound, InboundPart, ThreadHints
 from umsg.web import serialize
 from umsg.web.auth import ensure_visible
 from umsg.web.endpoints import Ctx, json_ok
+from umsg.web.errors import forbidden
 from umsg.web.schemas import MessageIn
 
 _SAFE_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(;[ -~]*)?$")
@@ -36,6 +37,11 @@ async def post_message(ctx: Ctx) -> web.StreamResponse:
         pid = await _conversations(ctx).project_id(project)
         if pid is None or pid not in me.project_ids:
             raise NotFound(f"project '{project}' not found")
+    instance = ctx.core.channels.get(body.channel)
+    if instance is not None and not instance.serves(project):
+        # Its replies would leave through another project's channel, which the outbound
+        # authority refuses: do not let such a conversation begin.
+        raise forbidden(f"channel '{body.channel}' does not serve project '{project}'")
     inbound = Inbound(
         channel=body.channel,
         sender=Address(kind=body.sender.kind, value=body.sender.value, name=body.sender.name),
