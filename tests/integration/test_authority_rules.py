@@ -163,3 +163,31 @@ async def test_a_route_forward_through_another_projects_channel_is_skipped_not_s
         assert await _queued(core) == 0
     finally:
         await core.aclose()
+
+
+async def test_a_heartbeat_for_some_projects_renews_only_their_items(core: Core) -> None:
+    from datetime import timedelta
+
+    from storage.models import QueueItem
+    from storage.types import utcnow
+    from umsg.router.store import agent_owner
+
+    items: dict[str, int] = {}
+    for project in ("alpha", "beta"):
+        await core.ensure_project(project)
+        res = await core.ingest.ingest(Inbound(
+            channel="api", sender=Address(IdentityKind.EMAIL, f"c@{project}.test"), recipients=(),
+            dedupe_key=f"hb-{project}", raw=b"x", text="help", project=project))
+        assert res.queue_item_id is not None
+        items[project] = res.queue_item_id
+        await core.queue.claim_item(res.queue_item_id, agent_owner(77), lease_seconds=5)
+    async with core.readers() as s:
+        before = {i.id: i.lease_until for i in (await s.scalars(select(QueueItem))).all()}
+        alpha = await s.scalar(select(QueueItem.project_id).where(QueueItem.id == items["alpha"]))
+    assert alpha is not None
+    assert await core.router.heartbeat(77, {alpha}) == 1  # a supervisor of alpha only
+    async with core.readers() as s:
+        after = {i.id: i.lease_until for i in (await s.scalars(select(QueueItem))).all()}
+    assert after[items["alpha"]] > utcnow() + timedelta(seconds=60)
+    assert after[items["beta"]] == before[items["beta"]]  # beta's lease is not the supervisor's to keep
+    assert await core.router.heartbeat(77) == 2  # the agent itself, or an admin: all of them

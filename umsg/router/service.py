@@ -226,8 +226,9 @@ class RouterService:
             raise Conflict("a transfer names exactly one target: agent_id or queue")
         return await self.store.requeue(item_id, self._clock(), "transfer", queue=queue, pin_agent=agent_id)
 
-    async def heartbeat(self, agent_id: int) -> int:
-        return await self.store.heartbeat(agent_id, self._clock())
+    async def heartbeat(self, agent_id: int, project_ids: Collection[int] | None = None) -> int:
+        """Renew the agent's item leases (in `project_ids` only, when given); how many were renewed."""
+        return await self.store.heartbeat(agent_id, self._clock(), project_ids)
 
     async def explain(self, item: QueueItem) -> dict[str, Any]:
         """Why the item waits or went where it went (live engine if leading, else a fresh snapshot)."""

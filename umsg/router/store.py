@@ -389,13 +389,16 @@ class RouterStore:
                 await s.commit()
                 self._events.notify()
 
-    async def heartbeat(self, agent_id: int, now: datetime) -> int:
-        """Renew every lease the agent holds; an agent who stops calling loses its items to the sweeper."""
+    async def heartbeat(self, agent_id: int, now: datetime, project_ids: Collection[int] | None = None) -> int:
+        """Renew the leases the agent holds (only those of `project_ids` when given: a supervisor
+        renews only its own projects' items); an agent who stops calling loses its items to the sweeper."""
         lease = now + timedelta(seconds=self._settings.work_lease_seconds)
+        held = update(QueueItem).where(QueueItem.status == QueueItemStatus.LEASED,
+                                       QueueItem.lease_owner == agent_owner(agent_id))
+        if project_ids is not None:
+            held = held.where(QueueItem.project_id.in_(sorted(project_ids)))
         async with self._sessions() as s:
-            res = await s.execute(update(QueueItem).where(QueueItem.status == QueueItemStatus.LEASED,
-                                                          QueueItem.lease_owner == agent_owner(agent_id))
-                                  .values(lease_until=lease).execution_options(synchronize_session=False))
+            res = await s.execute(held.values(lease_until=lease).execution_options(synchronize_session=False))
             await s.commit()
         return _rows(res)
 

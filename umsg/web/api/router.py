@@ -132,7 +132,8 @@ async def heartbeat(ctx: Ctx) -> web.StreamResponse:
         raise forbidden("an agent token may only send its own heartbeat")
     # Staff renew only agents they see (colleagues in one of their projects): NotFound otherwise.
     await Agents(ctx.core.sessions, ctx.core.events).get(agent_id, ctx.me)
-    return json_ok({"agent_id": agent_id, "renewed": await ctx.core.router.heartbeat(agent_id)})
+    renewed = await ctx.core.router.heartbeat(agent_id, ctx.me.project_ids)
+    return json_ok({"agent_id": agent_id, "renewed": renewed})
 
 
 async def put_agent_queues(ctx: Ctx) -> web.StreamResponse:
