@@ -125,7 +125,8 @@ class FaxChannel(ChannelAdapter[FaxSettings]):
         for number, box in self.settings.numbers.items():
             self._apps[number] = FaxReceiveApp(number, box, self.settings, self._dsp, self._deliver)
         s = self.settings
-        config = ServerConfig(s.host, s.port, s.tcp, s.max_calls, s.public_address, s.default_region)
+        config = ServerConfig(s.host, s.port, s.tcp, s.max_calls, s.public_address, s.default_region,
+                              s.sip_tcp.limits())
         self.server = SipServer(config, self.app_for, fax_app_for=self.app_for, ringing=self._rings)
         await self.server.start()
         log.info("fax channel %s listening for SIP on port %s", self.instance_name, self.server.port)

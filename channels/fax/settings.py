@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from channels.base import AdapterSettings
+from channels.telephony.settings import SipTcpSettings
 
 
 class FaxNumberSettings(BaseModel):
@@ -71,6 +72,7 @@ class FaxSettings(AdapterSettings):
     host: str = "127.0.0.1"
     port: int = Field(5060, ge=0, le=65535)  # UDP and TCP; 0 picks a free port
     tcp: bool = True
+    sip_tcp: SipTcpSettings = SipTcpSettings()  # bounds of accepted SIP-over-TCP connections
     max_calls: int = Field(30, ge=1)
     public_address: str | None = None
     default_region: str | None = None

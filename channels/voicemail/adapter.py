@@ -119,7 +119,8 @@ class VoicemailChannel(ChannelAdapter[VoicemailSettings]):
             greeting = await load_greeting(box.greeting)
             self._apps[number] = VoicemailApp(number, box, greeting, self.settings.silence_threshold, self._deliver)
         s = self.settings
-        config = ServerConfig(s.host, s.port, s.tcp, s.max_calls, s.public_address, s.default_region)
+        config = ServerConfig(s.host, s.port, s.tcp, s.max_calls, s.public_address, s.default_region,
+                              s.sip_tcp.limits())
         self.server = SipServer(config, self._app_for, fax_app_for=self._fax_apps)
         await self.server.start()
         log.info("voicemail channel %s listening for SIP on port %s", self.instance_name, self.server.port)

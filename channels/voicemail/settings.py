@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from channels.base import AdapterSettings
+from channels.telephony.settings import SipTcpSettings
 
 
 class MailboxSettings(BaseModel):
@@ -30,6 +31,7 @@ class VoicemailSettings(AdapterSettings):
     host: str = "127.0.0.1"
     port: int = Field(5060, ge=0, le=65535)  # UDP and TCP; 0 picks a free port
     tcp: bool = True
+    sip_tcp: SipTcpSettings = SipTcpSettings()  # bounds of accepted SIP-over-TCP connections
     max_calls: int = Field(20, ge=1)
     public_address: str | None = None
     default_region: str | None = None  # for national caller numbers, e.g. "DE"

@@ -278,3 +278,17 @@ async def test_the_core_routes_with_costs_per_instance(make_settings: Any) -> No
         assert core.router.settings.cost("site") == 40
     finally:
         await core.aclose()
+
+
+@pytest.mark.parametrize("kind", ["voicemail", "fax"])
+def test_sip_tcp_limits_are_configured_per_instance(kind: str) -> None:
+    from channels.telephony.transport import TcpLimits
+
+    registry = ChannelRegistry(use_entry_points=False)
+    adapter = registry.build("phone", configured(kind, {"port": 0, "sip_tcp": {"max_per_peer": 4,
+                                                                             "idle_seconds": 600}}))
+    settings = adapter.settings
+    assert settings.sip_tcp.limits() == TcpLimits(max_per_peer=4, idle_seconds=600)
+    assert registry.build("phone", configured(kind, {"port": 0})).settings.sip_tcp.limits() == TcpLimits()
+    with pytest.raises(ConfigError):
+        registry.build("phone", configured(kind, {"port": 0, "sip_tcp": {"max_per_pier": 4}}))
