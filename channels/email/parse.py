@@ -377,3 +377,40 @@ def _to_inbound(raw: bytes, *, channel: str, project: str, own_domain: str | Non
         meta=meta,
         effects=_effects(meta),
     )
+
+
+def unparsed_inbound(raw: bytes, reason: str, *, channel: str, project: str = "default",
+                     own_domain: str | None = None, envelope: Envelope = Envelope()) -> Inbound:
+    """A mail whose full parse ran past its limits, stored from its headers alone.
+
+    Only the top-level header block is read (linear in the size), so this costs what a
+    header scan costs whatever the body holds. The agent sees who wrote and a note; the raw
+    original is kept whole, and `meta["parse_failed"]` says why. A retry of the same mail
+    runs into the same limit and lands here again, with the same dedupe key.
+    """
+    msg = _parser().parsebytes(raw, headersonly=True)
+    sender = first_address(msg, "From") or first_address(msg, "Sender")
+    if sender is None and envelope.mail_from and "@" in envelope.mail_from:
+        sender = Mailbox("", envelope.mail_from)
+    if sender is None:
+        raise PermanentError(f"{reason}; and no sender address in its headers")
+    warning = sender_warning(msg, sender)
+    ids = message_ids(header_text(msg, "Message-ID"))
+    msg_id = f"<{ids[0]}>" if ids else None
+    recipients = tuple(envelope.rcpt_tos) or tuple(a for _, a in addresses(msg, "To", "Cc"))
+    subject = header_text(msg, "Subject")
+    meta: dict[str, Any] = {"parse_failed": reason}
+    if warning is not None:
+        meta["sender_warning"] = warning
+    hints = build_hints(message_id=msg_id, in_reply_to=message_ids(header_text(msg, "In-Reply-To")),
+                        references=message_ids(header_text(msg, "References")), recipients=recipients,
+                        subject=subject, own_domain=own_domain, reported=None)
+    return Inbound(
+        channel=channel,
+        sender=Address(IdentityKind.EMAIL, sender.address, None if warning or not sender.name else sender.name),
+        recipients=recipients, dedupe_key=_dedupe_key(msg_id, raw, msg), raw=raw, raw_media_type=RAW_MEDIA_TYPE,
+        subject=subject,
+        text=f"[This message could not be read within the gateway's limits ({reason}). "
+             "The original is kept as the raw message.]",
+        provider_id=msg_id[:200] if msg_id else None, sent_at=_sent_at(msg), thread=hints, project=project,
+        meta=meta)

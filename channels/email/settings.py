@@ -40,6 +40,10 @@ class EmailSettings(AdapterSettings):
     # message takes ~2 ms, while under load the round trip to the worker (pickling, a wake-up
     # in each process, the queue behind other big messages) measured tens of milliseconds.
     parse_inline_bytes: int = Field(default=64 * 1024, ge=0)
+    # What one parse in a worker may spend (wall clock; CPU in whole seconds). Past it the worker
+    # is killed and the mail stored from its headers alone, with its raw original.
+    parse_seconds: float = Field(default=60.0, gt=0)
+    parse_cpu_seconds: int = Field(default=30, ge=1)
     tls_cert: str | None = None
     tls_key: str | None = None
     # SMTP AUTH users (login -> password); empty: no AUTH offered. AUTH is offered only after

@@ -5,8 +5,9 @@ ingest sink returned (its transaction committed), so a crash before it makes
 the sending server retry, and the dedupe key makes the retry harmless. Any
 failure of ours answers `451 4.3.0` (aiosmtpd's default would be a permanent
 500, and the sender would bounce the customer's mail); mail we can never
-store answers `554 5.6.0` with the reason. Recipients the channel does not
-own get `550 5.1.1` at RCPT time, so this is never an open relay. Sessions
+store answers `554 5.6.0` with the reason. A parse killed at its worker's limits stores the
+mail from its headers alone (`unparsed_inbound`: a note for the agent, the raw original
+kept). Recipients the channel does not own get `550 5.1.1` at RCPT time, so this is never an open relay. Sessions
 beyond `max_sessions`, or beyond `max_sessions_per_peer` from one client address, are turned
 away with `421` at connect. Commands that move no mail (NOOP, RSET, VRFY, HELP, EXPN) neither
 renew the idle timeout nor may be repeated more than `max_junk_commands` times between two
@@ -38,11 +39,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, sy
 
 from channels.base import InboundSink
 from channels.email.parse import Envelope as MailEnvelope
-from channels.email.parse import to_inbound
+from channels.email.parse import to_inbound, unparsed_inbound
 from channels.email.settings import EmailSettings
 from umsg.errors import PermanentError
 from umsg.model import Inbound
-from umsg.workers import process_pool
+from umsg.workers import JobLimitExceeded, JobLimits, process_pool
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class Parser:
         self._settings = settings
         self._channel = channel
         # Made now with one process started, so the first big message does not wait for it to boot.
-        self._pool: Executor | None = process_pool(settings.parse_workers, warm=1) if settings.parse_workers else None
+        self._limits = JobLimits(settings.parse_seconds, settings.parse_cpu_seconds)
+        self._pool: Executor | None = process_pool(settings.parse_workers, self._limits, warm=1) \
+            if settings.parse_workers else None
 
     def _job(self, raw: bytes, envelope: MailEnvelope) -> functools.partial[Inbound]:
         return functools.partial(to_inbound, raw, channel=self._channel, project=self._settings.project,
@@ -73,9 +76,15 @@ class Parser:
             return await asyncio.to_thread(job) if len(raw) > _PARSE_IN_THREAD_BYTES else job()
         if self._pool is None:
             # spawn, not fork: the parent runs threads (aiosqlite, blob writers) that fork would copy mid-lock.
-            self._pool = process_pool(self._settings.parse_workers)
+            self._pool = process_pool(self._settings.parse_workers, self._limits)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        except JobLimitExceeded as exc:
+            # Killed at its limit: the same bytes would be again. Store what the headers say,
+            # with the raw original, rather than refuse a mail that may be legitimate.
+            log.warning("parse of a %d-byte message killed (%s): storing it from its headers", len(raw), exc)
+            return unparsed_inbound(raw, str(exc), channel=self._channel, project=self._settings.project,
+                                    own_domain=self._settings.domain, envelope=envelope)
         except BrokenProcessPool:
             # A worker died (a message that crashed the parser, or a kill): this message gets 451,
             # and the next one a fresh pool.

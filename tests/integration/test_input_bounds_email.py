@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from channels.email import EmailChannel, EmailSettings
 from converters.base import Converted
-from storage.models import Message
+from storage.models import Message, Part
 from umsg.ingest import prepare
 from umsg.workers import JobLimits
 
@@ -159,3 +159,33 @@ async def test_a_conversion_past_its_limit_is_killed_recorded_and_the_message_st
     assert core.ingest._pool.stats["killed"] == 2
     # The pool replaced its workers: the next message converts as usual.
     assert stored_id(await send(channel.port or 0, b"From: a@example.com\r\n\r\nnext\r\n"))
+
+
+async def test_a_parse_killed_at_its_limit_stores_the_mail_from_its_headers(core: Any) -> None:
+    # A wall clock no real parse of this mail (6,000 MIME parts, > 64 KiB: parsed in the worker)
+    # fits in: the worker is killed, and the mail is still stored, never refused or retried.
+    ch = EmailChannel("mail", EmailSettings(domain=DOMAIN, addresses=[RCPT], listen="127.0.0.1:0",
+                                            parse_seconds=0.01))
+    await ch.start(core.ingest.ingest)
+    try:
+        parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(6000))
+        raw = (b"From: Many Parts <many@example.com>\r\nTo: support@acme.test\r\nSubject: six thousand parts\r\n"
+               b"Message-ID: <many-1@example.com>\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + parts + b"--b--\r\n")
+        assert len(raw) > 64 * 1024
+        first = stored_id(await send(ch.port or 0, raw))
+        assert stored_id(await send(ch.port or 0, raw)) == first  # the sender's retry: the same message
+        async with core.readers() as s:
+            msg = await s.get(Message, first)
+        assert msg is not None
+        assert (msg.from_addr, msg.subject) == ("many@example.com", "six thousand parts")
+        assert "could not be read within the gateway's limits" in (msg.text or "")
+        assert "wall" in msg.flags["parse_failed"] or "seconds" in msg.flags["parse_failed"], msg.flags
+        # The raw original is kept whole.
+        async with core.readers() as s:
+            raw_parts = (await s.scalars(select(Part).where(Part.message_id == first, Part.role == "raw"))).all()
+        assert len(raw_parts) == 1
+        kept = await core.blobs.get(raw_parts[0].sha256)
+        assert kept.endswith(raw)  # as received, behind the trace header the listener adds
+    finally:
+        await ch.aclose()
