@@ -165,3 +165,21 @@ def test_no_token_soup_gets_deeper_than_the_bound(pieces: list[str]) -> None:
     # markup) - a multiple of the bound, so its work stays linear in the input.
     assert depth_of(bounded.html) <= 6
     assert depth_of(sanitize_html(markup, max_depth=6).html) <= 3 * 6
+
+
+def test_a_small_mail_of_many_parts_is_parsed_off_the_loop() -> None:
+    from channels.email.settings import EmailSettings
+    from channels.email.smtp_server import parses_inline
+
+    settings = EmailSettings(domain="acme.test")
+
+    def mail(parts: int) -> bytes:
+        body = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\np%d\r\n" % i for i in range(parts))
+        return (b"From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+                + body + b"--b--\r\n")
+
+    assert parses_inline(mail(10), settings)
+    many = mail(1_500)
+    assert len(many) < settings.parse_inline_bytes  # small, yet ~0.17 s of parsing: the worker's
+    assert not parses_inline(many, settings)
+    assert not parses_inline(b"From: a@example.com\r\n\r\n" + b"x" * (settings.parse_inline_bytes + 1), settings)
