@@ -67,11 +67,7 @@ class CannedResponses:
             row = CannedResponse(project_id=await _project_id(s, project, sees), title=title, body=body,
                                  updated_by=by)
             s.add(row)
-            try:
-                await s.commit()
-            except IntegrityError as exc:
-                raise Conflict(f"a canned response titled {title!r} already exists") from exc
-            await s.refresh(row)
+            await _commit_unique(s, row, f"a canned response titled {title!r} already exists")
         return row
 
     async def update(
@@ -85,11 +81,7 @@ class CannedResponses:
             if body is not None:
                 row.body = body
             row.updated_by = by
-            try:
-                await s.commit()
-            except IntegrityError as exc:
-                raise Conflict(f"a canned response titled {title!r} already exists") from exc
-            await s.refresh(row)
+            await _commit_unique(s, row, f"a canned response titled {title!r} already exists")
         return row
 
     async def delete(self, canned_id: int, guard: Guard) -> None:
@@ -116,11 +108,7 @@ class WrapupCodes:
         async with self.sessions() as s:
             row = WrapupCode(project_id=await _project_id(s, project, sees), code=code, label=label)
             s.add(row)
-            try:
-                await s.commit()
-            except IntegrityError as exc:
-                raise Conflict(f"wrap-up code {code!r} already exists") from exc
-            await s.refresh(row)
+            await _commit_unique(s, row, f"wrap-up code {code!r} already exists")
         return row
 
     async def delete(self, code_id: int, guard: Guard) -> None:
@@ -147,3 +135,12 @@ async def _load_canned(s: AsyncSession, canned_id: int, guard: Guard) -> CannedR
         raise NotFound(f"canned response {canned_id} not found")
     guard(row.project_id)
     return row
+
+
+async def _commit_unique(s: AsyncSession, row: object, conflict: str) -> None:
+    """Commit and reload `row`; Conflict(`conflict`) when a unique key (title, code) is taken."""
+    try:
+        await s.commit()
+    except IntegrityError as exc:
+        raise Conflict(conflict) from exc
+    await s.refresh(row)

@@ -20,33 +20,22 @@ import pytest
 from aiohttp import web
 from browser import chromium
 from chat_harness import PAGE, SECRET, ChatSite
-from inbox_harness import InboxServer
+from inbox_harness import InboxServer, serving_inbox
 
 from umsg.app.serve import run_service
 from umsg.core import Core
 from umsg.tokens import create_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from serve_proc import ServeProcess, db_env, run_umsg  # noqa: E402
+from serve_proc import db_env  # noqa: E402
 
 
 @pytest.fixture
 async def inbox_server(db_config: dict[str, object], tmp_path: Path) -> AsyncIterator[InboxServer]:
     env = {**db_env(db_config), "UMSG_ROUTER__OFFER_TIMEOUT_SECONDS": "60",
            "UMSG_ROUTER__LEADER_POLL_SECONDS": "0.2"}
-    service = ServeProcess(tmp_path / "data", env)
-    try:
-        url = await service.start()
-        status, out, err = await run_umsg(["token", "create", "--role", "admin", "--data-dir",
-                                           str(tmp_path / "data")], env)
-        assert status == 0, err
-        async with aiohttp.ClientSession() as http:
-            yield InboxServer(url, out.strip().splitlines()[-1], http)
-        # A clean stop: the service ends its conversion workers, which would otherwise outlive
-        # a killed parent holding its stdout open (and the kill's wait would never end).
-        await service.terminate()
-    finally:
-        await service.aclose()
+    async with serving_inbox(tmp_path / "data", env) as server:
+        yield server
 
 
 @pytest.fixture

@@ -9,13 +9,19 @@ Playwright page; `attachment` builds an attachment body.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
+import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from playwright.async_api import Page, expect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from serve_proc import ServeProcess, run_umsg  # noqa: E402
 
 _keys = itertools.count(1)
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -61,3 +67,20 @@ async def sign_in(page: Page, url: str, login: str, password: str = "password123
     # Generous: checking a password is a memory-hard hash (scrypt N=2^17), slow on a busy machine.
     await expect(page.locator("#app")).to_be_visible(timeout=20_000)
     await expect(page.locator("#live")).to_have_attribute("data-status", "live")
+
+
+@contextlib.asynccontextmanager
+async def serving_inbox(data_dir: Path, env: dict[str, str]) -> AsyncIterator[InboxServer]:
+    """A real `umsg serve` on `data_dir` with `env`, and an admin token made with the CLI."""
+    service = ServeProcess(data_dir, env)
+    try:
+        url = await service.start()
+        status, out, err = await run_umsg(["token", "create", "--role", "admin", "--data-dir", str(data_dir)], env)
+        assert status == 0, err
+        async with aiohttp.ClientSession() as http:
+            yield InboxServer(url, out.strip().splitlines()[-1], http)
+        # A clean stop: the service ends its conversion workers, which would otherwise outlive
+        # a killed parent holding its stdout open (and the kill's wait would never end).
+        await service.terminate()
+    finally:
+        await service.aclose()

@@ -9,14 +9,13 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from browser import chromium, screenshot
-from inbox_harness import InboxServer, sign_in
+from inbox_harness import InboxServer, serving_inbox, sign_in
 from playwright.async_api import expect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from serve_proc import ServeProcess, db_env, run_umsg  # noqa: E402
+from serve_proc import db_env  # noqa: E402
 
 IDLE = 6.0  # the session's idle lifetime: the page refreshes after half of it
 PER_LOGIN = 3
@@ -26,17 +25,8 @@ PER_LOGIN = 3
 async def short_sessions(db_config: dict[str, object], tmp_path: Path) -> AsyncIterator[InboxServer]:
     env = {**db_env(db_config), "UMSG_ACCOUNTS__SESSION_IDLE_SECONDS": str(IDLE),
            "UMSG_ACCOUNTS__MAX_FAILURES_PER_LOGIN": str(PER_LOGIN), "UMSG_ACCOUNTS__LOCKOUT_SECONDS": "300"}
-    service = ServeProcess(tmp_path / "data", env)
-    try:
-        url = await service.start()
-        status, out, err = await run_umsg(["token", "create", "--role", "admin", "--data-dir",
-                                           str(tmp_path / "data")], env)
-        assert status == 0, err
-        async with aiohttp.ClientSession() as http:
-            yield InboxServer(url, out.strip().splitlines()[-1], http)
-        await service.terminate()
-    finally:
-        await service.aclose()
+    async with serving_inbox(tmp_path / "data", env) as server:
+        yield server
 
 
 async def test_the_sign_in_form_says_when_a_login_is_locked_out(short_sessions: InboxServer) -> None:
