@@ -9,6 +9,9 @@ the agent signs in to the inbox in another; the functions below drive either sid
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from inbox_harness import InboxServer
@@ -16,6 +19,8 @@ from playwright.async_api import Browser, BrowserContext, Locator, Page, expect
 from sqlalchemy import func, select
 
 from storage.models import Message
+from umsg.app.serve import run_service
+from umsg.config import Settings
 from umsg.core import Core
 
 SECRET = "e2e-secret-0123456789abcdef"
@@ -75,3 +80,17 @@ async def say(page: Page, text: str) -> None:
 async def agent_reply(page: Page, text: str) -> None:
     await page.fill("#reply-text", text)
     await page.keyboard.press("Control+Enter")
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[str]:
+    """`run_service` in this process for the block; yields its URL once it listens."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    service = asyncio.create_task(run_service(settings, ready=ready.set_result, stop=stop))
+    try:
+        yield await asyncio.wait_for(ready, 60)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(service, 30)

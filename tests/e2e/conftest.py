@@ -8,8 +8,6 @@ channel, a shop page on another origin carrying the widget, and one headless Chr
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,10 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from browser import chromium
-from chat_harness import PAGE, SECRET, ChatSite
+from chat_harness import PAGE, SECRET, ChatSite, running_service
 from inbox_harness import InboxServer, serving_inbox
 
-from umsg.app.serve import run_service
 from umsg.core import Core
 from umsg.tokens import create_token
 
@@ -59,16 +56,10 @@ async def chat_site(make_settings: Any) -> AsyncIterator[ChatSite]:
     core = await Core.open(settings)
     await core.ensure_project("default")
     admin = await create_token(core.sessions, "admin", label="e2e admin")
-    stop = asyncio.Event()
-    ready = asyncio.get_running_loop().create_future()
-    service = asyncio.create_task(run_service(settings, ready=ready.set_result, stop=stop))
     try:
-        holder["umsg"] = await asyncio.wait_for(ready, 60)
-        async with aiohttp.ClientSession() as http, chromium() as browser:
-            yield ChatSite(f"{origin}/", InboxServer(holder["umsg"], admin, http), core, browser)
+        async with running_service(settings) as holder["umsg"]:
+            async with aiohttp.ClientSession() as http, chromium() as browser:
+                yield ChatSite(f"{origin}/", InboxServer(holder["umsg"], admin, http), core, browser)
     finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(service, 30)
         await core.aclose()
         await runner.cleanup()

@@ -9,9 +9,7 @@ shows none. The screenshot `sender-warning-01.png` is kept as an artifact.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,10 +19,10 @@ import aiohttp
 import aiosmtplib
 import pytest
 from browser import chromium, screenshot
+from chat_harness import running_service
 from inbox_harness import InboxServer, sign_in
 from playwright.async_api import expect
 
-from umsg.app.serve import run_service
 from umsg.core import Core
 from umsg.tokens import create_token
 
@@ -55,17 +53,11 @@ async def gateway(make_settings: Any) -> AsyncIterator[Gateway]:
     core = await Core.open(settings)
     await core.ensure_project("default")
     admin = await create_token(core.sessions, "admin", label="e2e admin")
-    stop = asyncio.Event()
-    ready = asyncio.get_running_loop().create_future()
-    service = asyncio.create_task(run_service(settings, ready=ready.set_result, stop=stop))
     try:
-        url = await asyncio.wait_for(ready, 60)
-        async with aiohttp.ClientSession() as http:
-            yield Gateway(InboxServer(url, admin, http), smtp_port)
+        async with running_service(settings) as url:
+            async with aiohttp.ClientSession() as http:
+                yield Gateway(InboxServer(url, admin, http), smtp_port)
     finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(service, 30)
         await core.aclose()
 
 

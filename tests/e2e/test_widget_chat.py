@@ -8,8 +8,6 @@ and file names stay text. Screenshots go to UMSG_ARTIFACTS.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,11 +16,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 from browser import chromium, screenshot
+from chat_harness import running_service
 from playwright.async_api import Browser, BrowserContext, Page, expect
 from sqlalchemy import func, select
 
 from storage.models import Agent, AgentProject, Message
-from umsg.app.serve import run_service
 from umsg.config import Settings
 from umsg.core import Core
 
@@ -87,17 +85,11 @@ async def site(make_settings: Any) -> AsyncIterator[Site]:
         await s.flush()
         s.add(AgentProject(agent_id=agent.id, project_id=pid))
         await s.commit()
-    stop = asyncio.Event()
-    ready = asyncio.get_running_loop().create_future()
-    service = asyncio.create_task(run_service(settings, ready=ready.set_result, stop=stop))
     try:
-        holder["umsg"] = await asyncio.wait_for(ready, 60)
-        async with chromium() as browser:
-            yield Site(f"{origin}/", holder["umsg"], settings, core, browser)
+        async with running_service(settings) as holder["umsg"]:
+            async with chromium() as browser:
+                yield Site(f"{origin}/", holder["umsg"], settings, core, browser)
     finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(service, 30)
         await core.aclose()
         await runner.cleanup()
 

@@ -9,7 +9,6 @@ aiosmtpd sink on loopback; `http.public_url` is set, as confirmation links need 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email
 import re
 from collections.abc import AsyncIterator
@@ -21,11 +20,11 @@ import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from browser import chromium, screenshot
+from chat_harness import running_service
 from peers.common import await_until, free_port
 from playwright.async_api import Browser, Page, expect
 
 from storage.models import Agent, AgentProject
-from umsg.app.serve import run_service
 from umsg.core import Core
 
 SECRET = "e2e-secret-0123456789abcdef"
@@ -81,17 +80,11 @@ async def site(make_settings: Any) -> AsyncIterator[Site]:
         await s.flush()
         s.add(AgentProject(agent_id=agent.id, project_id=pid))
         await s.commit()
-    stop = asyncio.Event()
-    ready = asyncio.get_running_loop().create_future()
-    service = asyncio.create_task(run_service(settings, ready=ready.set_result, stop=stop))
     try:
-        holder["umsg"] = await asyncio.wait_for(ready, 60)
-        async with chromium() as browser:
-            yield Site(f"{origin}/", browser, sink)
+        async with running_service(settings) as holder["umsg"]:
+            async with chromium() as browser:
+                yield Site(f"{origin}/", browser, sink)
     finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(service, 30)
         await core.aclose()
         await runner.cleanup()
         await asyncio.to_thread(smtp.stop)
